@@ -1,0 +1,29 @@
+"""Federation options (the ``FederatedTrainer``'s own arguments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class FederationConfig:
+    max_rounds: int = 3
+    local_epochs: int = 1
+    shared_generators: bool = True
+    aggregation: Literal["none", "fedavg"] = "none"
+    client_fraction: float = 1.0
+    shuffle_clients: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
+        if self.local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        if self.aggregation not in ("none", "fedavg"):
+            raise ValueError(f"aggregation must be 'none' or 'fedavg', got {self.aggregation!r}")
+        if self.shared_generators and self.aggregation != "none":
+            raise ValueError("aggregation applies to independent generators: set shared_generators: false")

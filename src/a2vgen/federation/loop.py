@@ -1,0 +1,258 @@
+"""The federated fit loop: rounds of client visits, each a few local epochs, in one ``Trainer.fit``.
+
+It subclasses Lightning's private ``_FitLoop`` (pinned Lightning minor version; ``tests/test_lightning_internals.py``
+fails loudly when the internals it uses move). Each local epoch is a regular Lightning training epoch, so
+module and callback hooks, precision, accelerators and loggers work as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from lightning.pytorch.loops.fit_loop import _FitLoop
+from lightning.pytorch.loops.utilities import _select_data_fetcher
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+from torch.utils.data import DataLoader
+
+from a2vgen.data.clients import ClientSpec
+from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
+from a2vgen.federation.aggregation import fedavg
+from a2vgen.federation.config import FederationConfig
+from a2vgen.federation.server import DiffusionServer
+from a2vgen.federation.state import IndependentGenerators, SharedGenerators
+from a2vgen.modules.base import BaseGeneratorModule, key_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientVisit:
+    """What the loop tells callbacks about one client's local training."""
+
+    client: ClientSpec
+    round: int
+    position: int
+    classes: list[str]
+    keys: list[str]
+    num_samples: int
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def call_federation_hook(trainer, name: str, *args) -> None:
+    """Call ``name(trainer, module, *args)`` on every callback that defines it."""
+    for callback in trainer.callbacks:
+        hook = getattr(callback, name, None)
+        if callable(hook):
+            hook(trainer, trainer.lightning_module, *args)
+
+
+class FederatedFitLoop(_FitLoop):
+    """Runs ``max_rounds`` rounds; each visits the selected clients and trains ``local_epochs`` epochs on each.
+
+    Callbacks may define ``on_round_start(trainer, module, round)``, ``on_client_start(trainer, module,
+    visit)``, ``on_client_end(trainer, module, visit)`` and ``on_round_end(trainer, module, round)``. The
+    loop's cursor (round, position in the round's client order), the per-round sample counts and the
+    independent clients' generators go into checkpoints; a resumed run continues with the next visit.
+    """
+
+    def __init__(self, trainer, config: FederationConfig, server: DiffusionServer) -> None:
+        super().__init__(trainer, min_epochs=0, max_epochs=-1)
+        self.config = config
+        self.server = server
+        self.round = 1
+        self.position = 0
+        self.visits = 0
+        self.round_samples: dict[str, dict[str, float]] = {}
+        self.generators: SharedGenerators | IndependentGenerators | None = None
+        self._pending_state: dict | None = None
+        self.epoch_loop._should_check_val_fx = lambda *_: False  # evaluation is a callback's job here
+
+    # ------------------------------------------------------------------ Lightning plumbing
+    @property
+    def done(self) -> bool:
+        return self.round > self.config.max_rounds
+
+    @property
+    def skip(self) -> bool:
+        return self.done
+
+    def setup_data(self) -> None:
+        """Batches are drawn per client visit (see :meth:`_attach`), not from ``train_dataloader``."""
+
+    def _attach(self, loader: DataLoader) -> None:
+        combined = CombinedLoader(loader, "max_size_cycle")
+        combined.limits = [len(loader)]
+        if self._data_fetcher is not None:
+            self._data_fetcher.teardown()
+        self._combined_loader = combined
+        self._data_fetcher = _select_data_fetcher(self.trainer, RunningStage.TRAINING)
+        self._data_fetcher.setup(combined)
+        iter(self._data_fetcher)
+        self.max_batches = len(combined)
+
+    # ------------------------------------------------------------------ federation
+    @property
+    def datamodule(self) -> FederatedDataModule:
+        dm = self.trainer.datamodule
+        if not isinstance(dm, FederatedDataModule):
+            raise TypeError(f"federated fit needs a FederatedDataModule, got {type(dm).__name__}")
+        return dm
+
+    def client_order(self, round: int) -> list[ClientSpec]:
+        """The clients visited in ``round``: all, or a seeded fraction, in order or seeded-shuffled."""
+        clients = list(self.datamodule.clients)
+        g = torch.Generator().manual_seed(key_seed(self.config.seed, f"round-{round}"))
+        if self.config.shuffle_clients:
+            clients = [clients[i] for i in torch.randperm(len(clients), generator=g).tolist()]
+        if self.config.client_fraction < 1.0:
+            count = max(1, round_half_up(self.config.client_fraction * len(clients)))
+            chosen = sorted(torch.randperm(len(clients), generator=g)[:count].tolist())
+            clients = [clients[i] for i in chosen]
+        return clients
+
+    def _setup_generators(self, module: BaseGeneratorModule) -> None:
+        dm = self.datamodule
+        if self.config.shared_generators:
+            self.generators = SharedGenerators(module, self.trainer)
+            log.info(
+                "shared generators: every client trains the server's %d generators",
+                len(module.generator_keys),
+            )
+        else:
+            client_keys = {spec.id: module.keys_for(spec.all_classes) for spec in dm.clients}
+            self.generators = IndependentGenerators(module, self.trainer, client_keys)
+            log.info("independent generators: %d clients keep their own generators", len(client_keys))
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+
+    def run(self) -> None:
+        if self.skip:
+            return
+        module: BaseGeneratorModule = self.trainer.lightning_module
+        self.datamodule.set_key_map(module.class_to_key, module.generator_keys)
+        self._setup_generators(module)
+        self._restarting = False
+        self.epoch_loop.restarting = False
+        if not self.server.generator_only:
+            self.server.pipeline()
+        self.on_run_start()
+        while not self.done and not self.trainer.should_stop:
+            self.run_round(module)
+        self.on_run_end()
+
+    def run_round(self, module: BaseGeneratorModule) -> None:
+        order = self.client_order(self.round)
+        if self.position == 0:
+            self.round_samples = {}
+            log.info("round %d/%d: clients %s", self.round, self.config.max_rounds, [c.id for c in order])
+            call_federation_hook(self.trainer, "on_round_start", self.round)
+        while self.position < len(order) and not self.trainer.should_stop:
+            spec = order[self.position]
+            self.visit(module, spec)
+            self.position += 1
+            self.visits += 1
+        if self.position < len(order):
+            return
+        if not self.config.shared_generators and self.config.aggregation == "fedavg":
+            self.aggregate(module)
+        finished = self.round
+        self.round += 1
+        self.position = 0
+        call_federation_hook(self.trainer, "on_round_end", finished)
+
+    def visit(self, module: BaseGeneratorModule, spec: ClientSpec) -> None:
+        client: ClientDataModule = self.datamodule.client(spec.id)
+        classes = spec.classes_at(self.round)
+        count = client.num_samples("train", classes)
+        if count == 0:
+            log.warning(
+                "client %s: no training samples for classes %s in round %d: skipped",
+                spec.id,
+                classes,
+                self.round,
+            )
+            return
+        start = time.perf_counter()
+        bank = self.generators.activate(spec.id)
+        keys = module.keys_for(classes)
+        visit = ClientVisit(spec, self.round, self.position, classes, keys, count)
+        mode = "shared generators from the server" if self.config.shared_generators else "its own generators"
+        log.info("client %s: training %s (%d generators) on classes %s", spec.id, mode, len(bank.keys), classes)
+        seed = key_seed(self.config.seed, f"round-{self.round}/client-{spec.id}")
+        torch.manual_seed(seed)
+        call_federation_hook(self.trainer, "on_client_start", visit)
+        self._attach(client.dataloader("train", classes, seed=seed % (2**31)))
+        for _ in range(self.config.local_epochs):
+            self.on_advance_start()
+            self.advance()
+            self.on_advance_end()
+            self.on_iteration_done()
+            if self.trainer.should_stop:
+                break
+        visit.stats = module.pop_visit_stats()
+        visit.seconds = time.perf_counter() - start
+        for key, values in visit.stats.items():
+            per_client = self.round_samples.setdefault(spec.id, {})
+            per_client[key] = per_client.get(key, 0.0) + values["samples"]
+        self.log_visit(visit)
+        self.generators.deactivate()
+        call_federation_hook(self.trainer, "on_client_end", visit)
+
+    def aggregate(self, module: BaseGeneratorModule) -> None:
+        """FedAvg per key over the clients that trained it this round; every holder gets the average."""
+        banks = self.generators.banks()
+        for key in module.generator_keys:
+            contributions = [
+                (banks[cid], samples[key]) for cid, samples in self.round_samples.items() if samples.get(key, 0) > 0
+            ]
+            if not contributions:
+                continue
+            holders = [bank for bank in banks.values() if key in bank] + [module.bank]
+            fedavg(key, contributions, holders)
+            log.info("round %d: fedavg of %r over clients %s", self.round, key,
+                     [cid for cid, s in self.round_samples.items() if s.get(key, 0) > 0])  # fmt: skip
+
+    def log_visit(self, visit: ClientVisit) -> None:
+        metrics = {"round": float(visit.round), "client_seconds": visit.seconds}
+        for key, values in visit.stats.items():
+            for part, value in values.items():
+                metrics[f"train/{visit.client.id}/{key}/{part}"] = value
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.visits)
+        summary = ", ".join(f"{k}={v['loss']:.4g}" for k, v in visit.stats.items())
+        log.info("client %s: round %d done in %.2fs, loss %s", visit.client.id, visit.round, visit.seconds, summary)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self) -> dict:
+        return {
+            "round": self.round,
+            "position": self.position,
+            "visits": self.visits,
+            "round_samples": self.round_samples,
+            "shared_generators": self.config.shared_generators,
+            "generators": self.generators.state_dict() if self.generators is not None else {},
+        }
+
+    def on_load_checkpoint(self, state_dict: dict) -> None:
+        self._pending_state = state_dict
+
+    def _restore(self, state: dict) -> None:
+        if state.get("shared_generators") != self.config.shared_generators:
+            raise ValueError(
+                f"checkpoint was trained with shared_generators={state.get('shared_generators')}, "
+                f"this run has shared_generators={self.config.shared_generators}"
+            )
+        self.round, self.position, self.visits = state["round"], state["position"], state["visits"]
+        self.round_samples = state["round_samples"]
+        self.generators.load_state_dict(state["generators"])
+        log.info("resuming at round %d, visit %d of the round", self.round, self.position + 1)
+
+
+def round_half_up(x: float) -> int:
+    return int(x + 0.5)

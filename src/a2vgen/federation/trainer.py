@@ -1,0 +1,78 @@
+"""A Trainer whose fit is a federation: its own arguments are the federation options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from a2vgen.federation.config import FederationConfig
+from a2vgen.federation.loop import FederatedFitLoop
+from a2vgen.federation.server import DiffusionServer
+
+
+class FederatedTrainer(Trainer):
+    """``lightning.Trainer`` plus federation options; ``fit`` runs :class:`FederatedFitLoop`.
+
+    Args:
+        max_rounds: federated rounds.
+        local_epochs: epochs each visited client trains per round.
+        shared_generators: one set of generators (weights and optimizer state) trained by every client in
+            turn; ``false``: each client keeps its own.
+        aggregation: ``none`` or ``fedavg`` (independent generators only; sample-weighted per key).
+        client_fraction: fraction of clients visited per round (seeded choice).
+        shuffle_clients: visit clients in a seeded random order each round.
+        federation_seed: seed of client order and per-visit randomness.
+        generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
+        pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
+        pipeline_dtype: torch dtype name for the pipeline.
+        **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet.
+    """
+
+    def __init__(
+        self,
+        *args,
+        max_rounds: int = 3,
+        local_epochs: int = 1,
+        shared_generators: bool = True,
+        aggregation: Literal["none", "fedavg"] = "none",
+        client_fraction: float = 1.0,
+        shuffle_clients: bool = False,
+        federation_seed: int = 0,
+        generator_only: bool = True,
+        pipeline: str | None = None,
+        pipeline_dtype: str = "float32",
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("num_sanity_val_steps", 0)
+        kwargs.setdefault("enable_model_summary", False)
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.strategy, SingleDeviceStrategy):
+            raise NotImplementedError(
+                f"strategy {type(self.strategy).__name__} is not supported yet: a2vgen federates on one device "
+                "(CPU or a single GPU); multi-machine federation is planned on Flower"
+            )
+        self.federation = FederationConfig(
+            max_rounds,
+            local_epochs,
+            shared_generators,
+            aggregation,
+            client_fraction,
+            shuffle_clients,
+            federation_seed,
+        )
+        self.server = DiffusionServer(generator_only, pipeline, pipeline_dtype)
+        self.fit_loop = FederatedFitLoop(self, self.federation, self.server)
+
+    def fit(
+        self,
+        model,
+        train_dataloaders=None,
+        val_dataloaders=None,
+        datamodule=None,
+        ckpt_path=None,
+        weights_only: bool = True,
+    ) -> None:
+        """Run the federation; checkpoints are loaded with ``weights_only`` (no arbitrary unpickling)."""
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only)

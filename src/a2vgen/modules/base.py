@@ -1,0 +1,346 @@
+"""The base LightningModule that owns and trains a bank of keyed generators."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
+from a2vgen.nn.cvae import ConditionalVAE
+from a2vgen.nn.loss import VAELossSchedule, vae_loss_terms
+
+log = logging.getLogger(__name__)
+
+LOSS_PARTS = ("loss", "mse", "kl", "cos")
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A seed derived from the run seed and a generator key only (not from other keys or their order)."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by an incompatible configuration."""
+
+
+class BaseGeneratorModule(LightningModule):
+    """Keyed conditional generators of audio embeddings, trained with one AdamW optimizer.
+
+    Subclasses choose the granularity by implementing :meth:`configure_keys` (class → key). A new
+    generator type overrides :meth:`build_network` (the network of one key) and/or :meth:`compute_loss`
+    (per-sample loss parts); nothing else needs to change.
+
+    Args:
+        classes: every class the federation may train, in label order (linked from the data).
+        audio_shape: ``[L, D_a]`` of one audio-embedding sample.
+        cond_shapes: per-sample shapes of the conditioning tensors, e.g. ``[[77, 768]]`` (SD) or
+            ``[[512, 4096], [768]]`` (FLUX); ``[]`` trains unconditioned VAEs.
+        class_cond: optional per-class conditioning tensors (``[C, *shape]`` each), kept as buffers so
+            that :meth:`sample` works from a checkpoint alone.
+        hidden_dim, latent_dim, cond_width: network sizes.
+        lr, weight_decay: AdamW settings.
+        input_noise: std of Gaussian noise added to the encoder input only (denoising VAE).
+        grad_clip: gradient-norm clip, applied to each generator on its own.
+        beta_max, beta_warmup_epochs, sim_weight_start, sim_weight_end, sim_decay_epochs: loss schedule
+            (SPEC §2), following each generator's own age.
+        seed: run seed; each key's initialisation derives from ``(seed, key)``.
+    """
+
+    granularity: str = "base"
+
+    def __init__(
+        self,
+        classes: list[str] | None = None,
+        audio_shape: list[int] | None = None,
+        cond_shapes: list[list[int]] | None = None,
+        class_cond: list[torch.Tensor] | None = None,
+        hidden_dim: int = 1024,
+        latent_dim: int = 256,
+        cond_width: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        input_noise: float = 0.1,
+        grad_clip: float = 5.0,
+        beta_max: float = 0.01,
+        beta_warmup_epochs: int = 5,
+        sim_weight_start: float = 0.1,
+        sim_weight_end: float = 0.01,
+        sim_decay_epochs: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["class_cond"])
+        if not classes:
+            raise ValueError(f"{type(self).__name__} needs the list of classes (got {classes!r})")
+        self.classes = list(classes)
+        self.audio_shape = list(audio_shape or [4, 768])
+        self.cond_shapes = [list(s) for s in (cond_shapes if cond_shapes is not None else [[77, 768]])]
+        self.schedule = VAELossSchedule(
+            beta_max, beta_warmup_epochs, sim_weight_start, sim_weight_end, sim_decay_epochs
+        )
+        self.class_to_key = self.configure_keys(self.classes)
+        for key in set(self.class_to_key.values()):
+            if "." in key or not key:
+                raise ValueError(f"generator key {key!r} must be a non-empty name without '.'")
+        self.generator_keys = list(dict.fromkeys(self.class_to_key[c] for c in self.classes))
+        self.bank = self.build_bank(self.generator_keys)
+        self._register_class_cond(class_cond)
+        self._stepped_keys: list[str] = []
+        self._epoch_keys: set[str] = set()
+        self._visit_stats: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def configure_keys(self, classes: list[str]) -> dict[str, str]:
+        """Map every class to the key of the generator that trains it."""
+        raise NotImplementedError
+
+    def build_network(self, key: str) -> nn.Module:
+        """The network of generator ``key`` (called under a seed derived from ``(seed, key)``).
+
+        It must provide ``forward(x, cond, encoder_input=None) -> (recon, mu, logvar)`` and
+        ``sample(n, cond, generator=None)``, like :class:`~a2vgen.nn.cvae.ConditionalVAE`.
+        """
+        hp = self.hparams
+        return ConditionalVAE(self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width)
+
+    def compute_loss(
+        self, net: nn.Module, audio: torch.Tensor, cond: list[torch.Tensor], age: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised."""
+        noisy = None
+        if self.training and self.hparams.input_noise > 0:
+            noisy = audio + self.hparams.input_noise * torch.randn_like(audio)
+        recon, mu, logvar = net(audio, cond, encoder_input=noisy)
+        parts = vae_loss_terms(recon, audio, mu, logvar)
+        parts["loss"] = (
+            parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
+        )
+        return parts
+
+    # ------------------------------------------------------------------ keys and banks
+    def generator_key(self, class_name: str) -> str:
+        """The key of the generator that trains ``class_name``."""
+        try:
+            return self.class_to_key[class_name]
+        except KeyError:
+            raise KeyError(f"unknown class {class_name!r}; available classes: {self.classes}") from None
+
+    def keys_for(self, classes: Iterable[str]) -> list[str]:
+        """Keys of the generators training ``classes``, in the module's key order."""
+        wanted = {self.generator_key(c) for c in classes}
+        return [k for k in self.generator_keys if k in wanted]
+
+    def build_slot(self, key: str) -> GeneratorSlot:
+        """A freshly initialised generator for ``key``: same weights whenever it is built."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key_seed(self.hparams.seed, key))
+            slot = GeneratorSlot(self.build_network(key), len(self.classes))
+        return slot
+
+    def build_bank(self, keys: list[str]) -> GeneratorBank:
+        """A bank of fresh generators for ``keys`` (all of them for shared training, or a client's)."""
+        unknown = [k for k in keys if k not in self.generator_keys]
+        if unknown:
+            raise KeyError(f"unknown generator keys {unknown}; this module has {self.generator_keys}")
+        class_keys = [self.class_to_key[c] for c in self.classes]
+        return GeneratorBank(keys, [self.build_slot(k) for k in keys], class_keys)
+
+    def seen_classes(self, key: str) -> list[str]:
+        """Classes whose samples generator ``key`` trained on since it was built or last reset."""
+        seen = self.bank[key].seen
+        return [c for c, s in zip(self.classes, seen.tolist()) if s]
+
+    def reset_generators(self, keys: Iterable[str]) -> list[str]:
+        """Re-initialise ``keys`` exactly as at construction and drop their optimizer state.
+
+        Weights come from the key's own seed, age and seen classes are cleared, and the Adam moments and
+        step counts of these parameters are removed from every optimizer the Trainer steps, so their
+        next step starts like a fresh optimizer's. Other keys are not touched.
+        """
+        keys = list(keys)
+        for key in keys:
+            slot = self.bank[key]
+            fresh = self.build_slot(key)
+            with torch.no_grad():
+                for name, tensor in slot.state_dict().items():
+                    tensor.copy_(fresh.state_dict()[name])
+            params = set(slot.parameters())
+            for optimizer in self._trainer.optimizers if self._trainer is not None else []:
+                for p in params:
+                    optimizer.state.pop(p, None)
+        return keys
+
+    # ------------------------------------------------------------------ conditioning buffers
+    def _register_class_cond(self, class_cond: list[torch.Tensor] | None) -> None:
+        num = len(self.classes)
+        for i, shape in enumerate(self.cond_shapes):
+            if class_cond is not None:
+                tensor = class_cond[i].detach().float()
+                if list(tensor.shape) != [num, *shape]:
+                    raise ValueError(f"class_cond[{i}] has shape {list(tensor.shape)}, expected {[num, *shape]}")
+            else:
+                tensor = torch.zeros(num, *shape)
+            self.register_buffer(f"class_cond_{i}", tensor)
+
+    def class_condition(self, class_name: str) -> list[torch.Tensor]:
+        """The stored conditioning of ``class_name``, each tensor with a leading batch axis of 1."""
+        self.generator_key(class_name)  # raises, naming the available classes
+        idx = self.classes.index(class_name)
+        return [getattr(self, f"class_cond_{i}")[idx : idx + 1] for i in range(len(self.cond_shapes))]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        class_name: str,
+        n: int,
+        cond: list[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``n`` synthetic embeddings ``[n, L, D_a]`` of ``class_name`` (conditioning: stored or ``cond``)."""
+        net = self.bank[self.generator_key(class_name)].net
+        if cond is None and self.cond_shapes:
+            cond = self.class_condition(class_name)
+        return net.sample(n, cond, generator=generator)
+
+    # ------------------------------------------------------------------ training
+    def _check_batch(self, batch: dict) -> None:
+        audio, cond = batch["audio"], batch["cond"]
+        if list(audio.shape[1:]) != self.audio_shape:
+            raise ValueError(f"audio embeddings have shape {list(audio.shape[1:])}, module expects {self.audio_shape}")
+        if [list(c.shape[1:]) for c in cond] != self.cond_shapes:
+            raise ValueError(
+                f"conditioning shapes {[list(c.shape[1:]) for c in cond]} do not match the module's {self.cond_shapes}"
+            )
+        for name, tensor in [("audio", audio), *((f"cond.{i}", c) for i, c in enumerate(cond))]:
+            finite = torch.isfinite(tensor.flatten(1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0])
+                sample = int(batch["index"][bad]) if "index" in batch else bad
+                raise ValueError(
+                    f"NaN/Inf in '{name}' of sample {sample} (class '{self.classes[int(batch['class_idx'][bad])]}')"
+                )
+
+    def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """Sum over keys of each key's mean loss, and per-key sums of the loss parts."""
+        self._check_batch(batch)
+        audio, cond, class_idx = batch["audio"], batch["cond"], batch["class_idx"]
+        slot_idx = self.bank.slot_of_class[class_idx]
+        if bool((slot_idx < 0).any()):
+            missing = sorted({self.classes[int(c)] for c in class_idx[slot_idx < 0]})
+            raise ValueError(f"classes {missing} have no generator in the current bank {self.bank.keys}")
+        first = int(slot_idx[0])
+        groups = (
+            [(first, None)] if bool((slot_idx == first).all()) else [(int(s), slot_idx == s) for s in slot_idx.unique()]
+        )
+        total = audio.new_zeros(())
+        stats: dict[str, dict[str, torch.Tensor]] = {}
+        for s, mask in groups:
+            slot = self.bank.slots[s]
+            a = audio if mask is None else audio[mask]
+            c = cond if mask is None else [t[mask] for t in cond]
+            parts = self.compute_loss(slot.net, a, c, slot.age)
+            total = total + parts["loss"].mean()
+            key = self.bank.keys[s]
+            stats[key] = {name: parts[name].detach().sum() for name in LOSS_PARTS}
+            stats[key]["samples"] = torch.tensor(float(a.shape[0]))
+            if self.training:
+                slot.seen[class_idx if mask is None else class_idx[mask]] = True
+        return total, stats
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, stats = self.shared_step(batch)
+        self._stepped_keys = list(stats)
+        for key, values in stats.items():
+            acc = self._visit_stats.setdefault(key, torch.zeros(len(values), device=loss.device))
+            acc += torch.stack([v.to(acc.device) for v in values.values()])
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._epoch_keys.update(self._stepped_keys)
+
+    def on_train_epoch_end(self) -> None:
+        """Age every generator that trained in this local epoch (drives its loss schedule)."""
+        for key in self._epoch_keys:
+            self.bank[key].age += 1
+        self._epoch_keys.clear()
+
+    def pop_visit_stats(self) -> dict[str, dict[str, float]]:
+        """Mean loss parts and sample counts per key since the last call (one client visit)."""
+        out = {}
+        for key, acc in self._visit_stats.items():
+            values = dict(zip((*LOSS_PARTS, "samples"), acc.tolist()))
+            n = max(values["samples"], 1.0)
+            out[key] = {k: (v if k == "samples" else v / n) for k, v in values.items()}
+        self._visit_stats = {}
+        return out
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip each generator's gradient norm on its own, so keys sharing a batch do not interact."""
+        clip = self.hparams.grad_clip
+        if not clip:
+            return
+        for key in self._stepped_keys:
+            torch.nn.utils.clip_grad_norm_(self.bank[key].parameters(), clip)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.build_optimizer(self.bank)
+
+    def build_optimizer(self, bank: GeneratorBank) -> torch.optim.Optimizer:
+        """AdamW over ``bank`` (fused where the device supports it: ~2x faster on CPU)."""
+        params = list(bank.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict, stage: str, dataloader_idx: int = 0) -> torch.Tensor:
+        loss, stats = self.shared_step(batch)
+        n = batch["audio"].shape[0]
+        for key, values in stats.items():
+            count = float(values["samples"])
+            for part in LOSS_PARTS:
+                self.log(
+                    f"{stage}/{key}/{part}",
+                    values[part] / count,
+                    batch_size=int(count),
+                    add_dataloader_idx=True,
+                )
+        self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, add_dataloader_idx=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._eval_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._eval_step(batch, "test", dataloader_idx)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_metadata(self) -> dict:
+        """What must match for a checkpoint to load into this module (plain types only)."""
+        return {
+            "granularity": self.granularity,
+            "keys": list(self.generator_keys),
+            "classes": list(self.classes),
+            "audio_shape": list(self.audio_shape),
+            "cond_shapes": [list(s) for s in self.cond_shapes],
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["a2vgen"] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("a2vgen")
+        if saved is None:
+            raise CheckpointMismatchError("checkpoint has no 'a2vgen' metadata: it was not written by a2vgen")
+        mine = self.checkpoint_metadata()
+        diffs = [
+            f"{k}: checkpoint has {saved.get(k)!r}, this module has {v!r}" for k, v in mine.items() if saved.get(k) != v
+        ]
+        if diffs:
+            raise CheckpointMismatchError("checkpoint does not match this configuration; " + "; ".join(diffs))

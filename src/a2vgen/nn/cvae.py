@@ -1,0 +1,97 @@
+"""Conditional VAE over audio-token embeddings ``[B, L, D]``; outputs are unbounded (no squashing)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from a2vgen.nn.conditioning import ConditionEncoder
+
+
+class VAEOutput(NamedTuple):
+    recon: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+        nn.SiLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+        nn.SiLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class ConditionalVAE(nn.Module):
+    """``p(audio | cond)``: an MLP VAE over flattened tokens, conditioned per sample.
+
+    ``cond_shapes`` lists the per-sample shapes of the conditioning tensors (see
+    :class:`~a2vgen.nn.conditioning.ConditionEncoder`); an empty list gives an unconditioned VAE whose
+    ``forward``/``sample`` ignore ``cond``.
+    """
+
+    def __init__(
+        self,
+        audio_shape: tuple[int, int] | list[int],
+        cond_shapes: list[list[int]],
+        hidden_dim: int = 1024,
+        latent_dim: int = 256,
+        cond_width: int = 128,
+    ) -> None:
+        super().__init__()
+        self.audio_shape = (int(audio_shape[0]), int(audio_shape[1]))
+        self.latent_dim = latent_dim
+        flat = self.audio_shape[0] * self.audio_shape[1]
+        self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
+        c = cond_width if cond_shapes else 0
+        self.encoder = _mlp(flat + c, hidden_dim, 2 * latent_dim)
+        self.decoder = _mlp(latent_dim + c, hidden_dim, flat)
+
+    @property
+    def conditional(self) -> bool:
+        return self.cond_encoder is not None
+
+    def _with_cond(self, x: torch.Tensor, cond: list[torch.Tensor] | None) -> torch.Tensor:
+        if self.cond_encoder is None:
+            return x
+        if cond is None:
+            raise ValueError("this VAE is conditional: pass the conditioning tensors")
+        return torch.cat([x, self.cond_encoder(cond)], dim=-1)
+
+    def encode(self, x: torch.Tensor, cond: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(self._with_cond(x.flatten(1), cond)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: torch.Tensor, cond: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.decoder(self._with_cond(z, cond)).view(z.shape[0], *self.audio_shape)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: list[torch.Tensor] | None = None,
+        encoder_input: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> VAEOutput:
+        """Reconstruct ``x``; ``encoder_input`` (e.g. a noised ``x``) replaces ``x`` for the encoder only."""
+        mu, logvar = self.encode(x if encoder_input is None else encoder_input, cond)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        return VAEOutput(self.decode(z, cond), mu, logvar)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, cond: list[torch.Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw ``n`` samples; each conditioning tensor has batch size ``n`` (or 1, broadcast)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        if cond is not None:
+            cond = [c.expand(n, *c.shape[1:]) if c.shape[0] == 1 else c for c in cond]
+        return self.decode(z, cond)

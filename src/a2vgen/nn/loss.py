@@ -1,0 +1,37 @@
+"""The generator loss: ``MSE + β·KL + w·(1 − cos)``, scheduled by the generator's age in epochs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class VAELossSchedule:
+    """β rises linearly from 0 to ``beta_max`` over ``beta_warmup_epochs``; the cosine weight decays
+    linearly from ``sim_weight_start`` to ``sim_weight_end`` over ``sim_decay_epochs``."""
+
+    beta_max: float = 0.01
+    beta_warmup_epochs: int = 5
+    sim_weight_start: float = 0.1
+    sim_weight_end: float = 0.01
+    sim_decay_epochs: int = 10
+
+    def beta(self, age: torch.Tensor) -> torch.Tensor:
+        return self.beta_max * (age.float() / max(self.beta_warmup_epochs, 1)).clamp(max=1.0)
+
+    def sim_weight(self, age: torch.Tensor) -> torch.Tensor:
+        t = (age.float() / max(self.sim_decay_epochs, 1)).clamp(max=1.0)
+        return self.sim_weight_start + (self.sim_weight_end - self.sim_weight_start) * t
+
+
+def vae_loss_terms(
+    recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-sample loss parts (each ``[B]``): element-mean MSE, latent-mean KL, token-mean ``1 − cos``."""
+    mse = F.mse_loss(recon, target, reduction="none").flatten(1).mean(dim=1)
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=1)
+    cos = 1 - F.cosine_similarity(recon, target, dim=-1).mean(dim=1)
+    return {"mse": mse, "kl": kl, "cos": cos}
