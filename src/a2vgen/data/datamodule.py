@@ -75,7 +75,8 @@ class ClientDataModule(LightningDataModule):
         dataset = BatchDataset(self.data.audio, self.data.labels, self.data.cond, idx)
         keys = None if self.key_of_class is None else self.key_of_class[self.data.labels[idx]]
         sampler = KeyGroupedBatchSampler(keys, len(idx), self.batch_size, seed=seed)
-        return DataLoader(dataset, sampler=sampler, batch_size=None)
+        # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, generator=torch.Generator().manual_seed(seed))
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train", self.spec.all_classes, self.seed)

@@ -153,10 +153,11 @@ class FederatedFitLoop(_FitLoop):
             log.info("round %d/%d: clients %s", self.round, self.config.max_rounds, [c.id for c in order])
             call_federation_hook(self.trainer, "on_round_start", self.round)
         while self.position < len(order) and not self.trainer.should_stop:
-            spec = order[self.position]
-            self.visit(module, spec)
-            self.position += 1
-            self.visits += 1
+            visit = self.visit(module, order[self.position])
+            self.position += 1  # the cursor moves before on_client_end, so a checkpoint there resumes after it
+            if visit is not None:
+                self.visits += 1
+                call_federation_hook(self.trainer, "on_client_end", visit)
         if self.position < len(order):
             return
         if not self.config.shared_generators and self.config.aggregation == "fedavg":
@@ -166,7 +167,8 @@ class FederatedFitLoop(_FitLoop):
         self.position = 0
         call_federation_hook(self.trainer, "on_round_end", finished)
 
-    def visit(self, module: BaseGeneratorModule, spec: ClientSpec) -> None:
+    def visit(self, module: BaseGeneratorModule, spec: ClientSpec) -> ClientVisit | None:
+        """Train ``spec``'s active classes for ``local_epochs`` epochs (``None``: no samples, skipped)."""
         client: ClientDataModule = self.datamodule.client(spec.id)
         classes = spec.classes_at(self.round)
         count = client.num_samples("train", classes)
@@ -177,7 +179,7 @@ class FederatedFitLoop(_FitLoop):
                 classes,
                 self.round,
             )
-            return
+            return None
         start = time.perf_counter()
         bank = self.generators.activate(spec.id)
         keys = module.keys_for(classes)
@@ -187,9 +189,11 @@ class FederatedFitLoop(_FitLoop):
         seed = key_seed(self.config.seed, f"round-{self.round}/client-{spec.id}")
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
-        self._attach(client.dataloader("train", classes, seed=seed % (2**31)))
-        for _ in range(self.config.local_epochs):
+        loader = client.dataloader("train", classes, seed=seed % (2**31))
+        self._attach(loader)
+        for epoch in range(self.config.local_epochs):
             self.on_advance_start()
+            loader.sampler.set_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
             self.advance()
             self.on_advance_end()
             self.on_iteration_done()
@@ -202,7 +206,7 @@ class FederatedFitLoop(_FitLoop):
             per_client[key] = per_client.get(key, 0.0) + values["samples"]
         self.log_visit(visit)
         self.generators.deactivate()
-        call_federation_hook(self.trainer, "on_client_end", visit)
+        return visit
 
     def aggregate(self, module: BaseGeneratorModule) -> None:
         """FedAvg per key over the clients that trained it this round; every holder gets the average."""

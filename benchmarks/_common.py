@@ -1,0 +1,325 @@
+"""Shared plumbing of the benchmarks: settings, contenders run in alternating processes, tables.
+
+Each benchmark script defines ``CONTENDERS`` specs and a ``run_contender(spec)`` function that measures one
+contender and returns a dict of numbers. :func:`alternate` runs every contender ``repeats`` times, each run
+in a fresh process (``python <script> --worker '<spec json>'``), visiting the contenders in turn
+(A B C A B C ...) so that a slow phase of the machine hits all of them alike; the median is reported.
+With ``inprocess=True`` (``--smoke``) the contenders run in the calling process instead (importing Lightning
+per process costs ~5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+THREADS = 2
+BATCH = 64
+DEFAULT_DIMS = {"hidden_dim": 1024, "latent_dim": 256, "cond_width": 128}
+SMOKE_DIMS = {"hidden_dim": 32, "latent_dim": 8, "cond_width": 8}
+SD_DATA = {"tokens": 4, "audio_dim": 768, "cond_tokens": 77, "cond_dim": 768}
+SMOKE_DATA = {"tokens": 4, "audio_dim": 16, "cond_tokens": 6, "cond_dim": 8}
+RESULT_TAG = "BENCH-RESULT "
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+
+
+def setup_torch() -> None:
+    """fp32, 2 threads, quiet Lightning."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import: import first, then quiet)
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    _warm_up(torch)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "a2vgen"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def _warm_up(torch) -> None:
+    """Pay one-time lazy imports/initialisation (optimizer step, autograd, clipping) before any timing."""
+    net = torch.nn.Linear(4, 4)
+    for fused in (False, True):
+        opt = torch.optim.AdamW(net.parameters(), fused=fused)
+        net(torch.randn(2, 4)).sum().backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one in-process run (a few seconds)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per contender (median reported)")
+    p.add_argument("--inprocess", action="store_true", help="run contenders in this process (no isolation)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(limit: float = 1.5, max_wait: float = 60.0) -> float:
+    """Wait (up to ``max_wait`` s) until the 1-minute load average drops below ``limit``; return it."""
+    start = time.monotonic()
+    load = load_average()
+    while load > limit and time.monotonic() - start < max_wait:
+        time.sleep(5.0)
+        load = load_average()
+    return load
+
+
+def worker_main(run_contender: Callable[[dict], dict], spec_json: str) -> int:
+    """Run one contender in this (fresh) process and print its result as one tagged JSON line."""
+    setup_torch()
+    result = run_contender(json.loads(spec_json))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+def _run_subprocess(script: str, spec: dict) -> dict:
+    cmd = [sys.executable, script, "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(f"{script} printed no result:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def alternate(
+    script: str,
+    run_contender: Callable[[dict], dict],
+    specs: Sequence[dict],
+    repeats: int,
+    inprocess: bool,
+) -> dict[str, dict]:
+    """Run every spec ``repeats`` times in alternation; return ``name -> {metric: median, "runs": n, "load": max}``."""
+    runs: dict[str, list[dict]] = {s["name"]: [] for s in specs}
+    loads: list[float] = []
+    if inprocess:
+        setup_torch()
+    for _ in range(repeats):
+        for spec in specs:
+            n = spec.get("repeats", repeats)
+            if len(runs[spec["name"]]) >= n:
+                continue
+            if not inprocess:
+                loads.append(wait_for_quiet())
+            result = run_contender(dict(spec)) if inprocess else _run_subprocess(script, spec)
+            runs[spec["name"]].append(result)
+    out = {}
+    for name, results in runs.items():
+        merged = {}
+        for key in results[0]:
+            values = [r[key] for r in results]
+            merged[key] = statistics.median(values) if all(isinstance(v, (int, float)) for v in values) else values[0]
+        merged["runs"] = len(results)
+        out[name] = merged
+    if loads:
+        print(f"(1-min load average before runs: max {max(loads):.2f})")
+    return out
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """A plain fixed-width table."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print(f"\n{title}")
+    print("-" * len(line))
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print(line)
+    for row in cells:
+        print(" | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+    print("-" * len(line), flush=True)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(".", "", 1).replace("-", "", 1).replace("x", "").replace(",", "").strip().isdigit()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+# ---------------------------------------------------------------------- training helpers
+def demo_source(smoke: bool, num_classes: int, train_per_class: int):
+    from a2vgen.data.sources import DemoEmbeddings
+
+    shape = SMOKE_DATA if smoke else SD_DATA
+    return DemoEmbeddings(
+        num_classes=num_classes, train_per_class=train_per_class, val_per_class=2, test_per_class=2, **shape
+    )
+
+
+def datamodule(source, clients, key_grouped: bool = True, batch_size: int = BATCH):
+    from a2vgen.data.datamodule import FederatedDataModule
+
+    return FederatedDataModule(clients=clients, source=source, batch_size=batch_size, key_grouped=key_grouped)
+
+
+def module(cls_name: str, dm, dims: dict, **kwargs):
+    import a2vgen.modules as modules
+
+    cls = getattr(modules, cls_name)
+    return cls(
+        classes=dm.classes, audio_shape=dm.audio_shape, cond_shapes=dm.cond_shapes, class_cond=dm.class_cond, **dims, **kwargs
+    )
+
+
+def trainer(
+    root: str,
+    max_rounds: int = 1,
+    local_epochs: int = 1,
+    shared: bool = True,
+    logging: bool = True,
+    checkpoint: bool = True,
+    **kwargs,
+):
+    """A ``FederatedTrainer`` as a user gets it: CSVLogger and RoundCheckpoint unless switched off."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from a2vgen.callbacks import RoundCheckpoint
+    from a2vgen.federation import FederatedTrainer
+
+    callbacks = [RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"))] if checkpoint else []
+    return FederatedTrainer(
+        max_rounds=max_rounds,
+        local_epochs=local_epochs,
+        shared_generators=shared,
+        aggregation=kwargs.pop("aggregation", "none" if shared else "fedavg"),
+        default_root_dir=root,
+        logger=CSVLogger(root, name="bench") if logging else False,
+        callbacks=callbacks,
+        enable_checkpointing=checkpoint,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        **kwargs,
+    )
+
+
+class SampleCounter:
+    """A callback counting the samples the federation trained on (sum over visits and local epochs)."""
+
+    def __init__(self) -> None:
+        self.samples = 0.0
+        self.visits = 0
+        self.visit_seconds = 0.0
+
+    def on_client_end(self, trainer, module, visit) -> None:
+        self.samples += sum(v["samples"] for v in visit.stats.values())
+        self.visits += 1
+        self.visit_seconds += visit.seconds
+
+
+def timed_fit(trainer_, module_, dm, counter_out: list | None = None) -> tuple[float, float]:
+    """Seconds of ``trainer.fit`` and the samples it trained on (``counter_out`` receives the counter)."""
+    from lightning.pytorch import Callback
+
+    counter = type("BenchSampleCounter", (SampleCounter, Callback), {})()
+    trainer_.callbacks.append(counter)
+    if counter_out is not None:
+        counter_out.append(counter)
+    start = time.perf_counter()
+    trainer_.fit(module_, datamodule=dm)
+    return time.perf_counter() - start, counter.samples
+
+
+def client_tensors(dm, spec) -> tuple:
+    """``(audio, labels, cond)`` of a client's training samples (all its classes)."""
+    data = dm.data
+    idx = dm.client(spec.id).indices["train"]
+    return data.audio[idx], data.labels[idx], data.cond
+
+
+def raw_train(
+    dm,
+    dims: dict,
+    rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    fused: bool,
+    seed: int = 0,
+    lr: float = 1e-3,
+) -> tuple[float, float]:
+    """The same math as the federated fit of a unified generator (shared), in a plain PyTorch loop.
+
+    Noisy-encoder VAE loss with the age schedule, per-batch mean, per-generator grad clip 5.0, AdamW
+    (``fused`` or the default implementation). Returns ``(seconds, samples)``.
+    """
+    import torch
+
+    from a2vgen.nn.cvae import ConditionalVAE
+    from a2vgen.nn.loss import VAELossSchedule, vae_loss_terms
+
+    torch.manual_seed(seed)
+    net = ConditionalVAE(dm.audio_shape, dm.cond_shapes, **dims)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5, fused=fused)
+    schedule = VAELossSchedule()
+    age = torch.zeros((), dtype=torch.long)
+    clients = [client_tensors(dm, spec) for spec in dm.clients]
+    params = list(net.parameters())
+    samples = 0
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for audio, labels, cond in clients:
+            for _ in range(local_epochs):
+                beta, sim = schedule.beta(age), schedule.sim_weight(age)
+                for rows in torch.randperm(len(labels)).split(batch_size):
+                    a = audio[rows]
+                    c = [t[labels[rows]] for t in cond]
+                    noisy = a + 0.1 * torch.randn_like(a)
+                    recon, mu, logvar = net(a, c, encoder_input=noisy)
+                    parts = vae_loss_terms(recon, a, mu, logvar)
+                    loss = (parts["mse"] + beta * parts["kl"] + sim * parts["cos"]).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 5.0)
+                    opt.step()
+                    samples += len(rows)
+                age += 1
+    return time.perf_counter() - start, float(samples)
+
+
+def add_tests_to_path() -> None:
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB

@@ -1,0 +1,72 @@
+"""Original training style (batch 1, one optimizer step per sample) vs ``FederatedTrainer.fit``.
+
+Same network (default ConditionalVAE, SD conditioning), same loss, same data and sample-epochs: two
+clients of five classes each, one round, ``local_epochs`` epochs. The original style is a plain loop with
+the default (non-fused) AdamW; the fit uses batches of 64, fused AdamW, CSVLogger and RoundCheckpoint.
+Target: fit >= 50x the original's samples/s.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import _common as c
+
+TARGET = 50.0
+
+
+def setting(smoke: bool) -> dict:
+    if smoke:
+        return {"smoke": True, "train_per_class": 8, "local_epochs": 1}
+    return {"smoke": False, "train_per_class": 96, "local_epochs": 2}
+
+
+def build_dm(spec: dict):
+    from a2vgen.data.clients import ClientSpec
+
+    from a2vgen.data.demo import DEMO_CLASSES
+
+    clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
+    return c.datamodule(c.demo_source(spec["smoke"], 10, spec["train_per_class"]), clients)
+
+
+def run_contender(spec: dict) -> dict:
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
+    dm = build_dm(spec)
+    _ = dm.data
+    if spec["name"] == "original (batch 1)":
+        seconds, samples = c.raw_train(dm, dims, 1, spec["local_epochs"], batch_size=1, fused=False)
+    else:
+        with tempfile.TemporaryDirectory() as root:
+            module = c.module("UnifiedGenerator", dm, dims)
+            trainer = c.trainer(root, max_rounds=1, local_epochs=spec["local_epochs"])
+            seconds, samples = c.timed_fit(trainer, module, dm)
+    return {"seconds": seconds, "samples": samples, "samples_per_s": samples / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = c.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if args.worker:
+        return c.worker_main(run_contender, args.worker)
+    base = setting(args.smoke)
+    specs = [{**base, "name": "original (batch 1)"}, {**base, "name": "FederatedTrainer.fit (batch 64)"}]
+    repeats = 1 if args.smoke else args.repeats
+    res = c.alternate(__file__, run_contender, specs, repeats, args.smoke or args.inprocess)
+    orig = res["original (batch 1)"]["samples_per_s"]
+    rows = [
+        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / orig, r["runs"]]
+        for name, r in res.items()
+    ]
+    c.print_table(
+        "vs_original: samples/s, median of runs (unified generator, SD conditioning, fp32, 2 threads)",
+        ["contender", "samples", "seconds", "samples/s", "speed-up", "runs"],
+        rows,
+    )
+    speedup = rows[1][4]
+    print(f"target fit >= {TARGET:.0f}x original: {speedup:.1f}x -> {c.verdict(speedup >= TARGET)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

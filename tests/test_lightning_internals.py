@@ -1,0 +1,41 @@
+"""Guards the private Lightning internals the federated loop relies on: fails loudly when they move."""
+
+import inspect
+
+import lightning
+import torch
+from lightning.pytorch.loops.fit_loop import _FitLoop
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.loops.utilities import _select_data_fetcher
+from lightning.pytorch.strategies import Strategy
+
+from a2vgen.data.clients import ClientSpec
+from a2vgen.modules import PerClassGenerator
+from conftest import module_for, small_datamodule
+from federation_helpers import federated_fit
+
+
+def test_lightning_minor_version_is_the_pinned_one():
+    assert lightning.__version__.startswith("2.6."), "the federated loop subclasses private _FitLoop: re-check it"
+
+
+def test_private_loop_api_is_where_the_loop_expects_it():
+    for name in ("on_advance_start", "advance", "on_advance_end", "on_iteration_done", "on_run_start", "on_run_end"):
+        assert callable(getattr(_FitLoop, name)), name
+    assert "data_fetcher" in inspect.signature(_TrainingEpochLoop.run).parameters
+    assert callable(_TrainingEpochLoop._should_check_val_fx)
+    assert list(inspect.signature(_select_data_fetcher).parameters)[:2] == ["trainer", "stage"]
+    assert isinstance(Strategy.optimizers, property) and Strategy.optimizers.fset is not None
+    for attr in ("_data_fetcher", "_combined_loader", "max_batches", "epoch_loop", "epoch_progress"):
+        assert attr in inspect.getsource(_FitLoop.__init__), attr
+
+
+def test_each_local_epoch_is_a_lightning_epoch_with_the_usual_hooks():
+    dm = small_datamodule([ClientSpec("0", classes=["dog"]), ClientSpec("1", classes=["rain"])])
+    module = module_for(PerClassGenerator, dm)
+    trainer = federated_fit(module, dm, max_rounds=2, local_epochs=3)
+    assert trainer.current_epoch == 2 * 2 * 3
+    batches = sum(1 for _ in dm.client("0").dataloader("train", ["dog"]))
+    assert trainer.global_step == 2 * 3 * 2 * batches
+    assert int(module.bank["dog"].age) == 2 * 3
+    assert torch.is_tensor(trainer.callback_metrics.get("loss"))
