@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 THREADS = 2
 BATCH = 64
@@ -72,18 +74,31 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
+def busy_cpus(interval: float = 1.0) -> float:
+    """CPUs kept busy by other processes over ``interval`` seconds (call while this process idles)."""
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(interval)
+        total1, idle1 = snapshot()
+    except OSError:
+        return 0.0
+    total = max(total1 - total0, 1)
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / total)
 
 
-def wait_for_quiet(limit: float = 1.5, max_wait: float = 60.0) -> float:
-    """Wait (up to ``max_wait`` s) until the 1-minute load average drops below ``limit``; return it."""
+def wait_for_quiet(limit: float = 0.5, max_wait: float = 30.0) -> float:
+    """Wait (up to ``max_wait`` s) until other processes keep fewer than ``limit`` CPUs busy; return that."""
     start = time.monotonic()
-    load = load_average()
-    while load > limit and time.monotonic() - start < max_wait:
-        time.sleep(5.0)
-        load = load_average()
-    return load
+    busy = busy_cpus()
+    while busy > limit and time.monotonic() - start < max_wait:
+        busy = busy_cpus(2.0)
+    return busy
 
 
 def worker_main(run_contender: Callable[[dict], dict], spec_json: str) -> int:
@@ -135,7 +150,7 @@ def alternate(
         merged["runs"] = len(results)
         out[name] = merged
     if loads:
-        print(f"(1-min load average before runs: max {max(loads):.2f})")
+        print(f"(CPUs busy with other processes just before each run: max {max(loads):.2f}, median {statistics.median(loads):.2f})")
     return out
 
 
@@ -194,7 +209,12 @@ def module(cls_name: str, dm, dims: dict, **kwargs):
 
     cls = getattr(modules, cls_name)
     return cls(
-        classes=dm.classes, audio_shape=dm.audio_shape, cond_shapes=dm.cond_shapes, class_cond=dm.class_cond, **dims, **kwargs
+        classes=dm.classes,
+        audio_shape=dm.audio_shape,
+        cond_shapes=dm.cond_shapes,
+        class_cond=dm.class_cond,
+        **dims,
+        **kwargs,
     )
 
 

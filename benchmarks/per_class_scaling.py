@@ -40,7 +40,12 @@ def run_contender(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as root:
         trainer = c.trainer(root, max_rounds=1, local_epochs=1, checkpoint=False)
         seconds, samples = c.timed_fit(trainer, module, dm)
-    return {"keys": len(module.generator_keys), "seconds": seconds, "samples": samples, "samples_per_s": samples / seconds}
+    return {
+        "keys": len(module.generator_keys),
+        "seconds": seconds,
+        "samples": samples,
+        "samples_per_s": samples / seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

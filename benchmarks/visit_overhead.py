@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     n = base["clients"]
     rows = []
     worst = 0.0
-    for name, shared, k, _ in CONTENDERS:
+    for name, _shared, k, _ in CONTENDERS:
         r = res[name]
         if k == 1:
             ref = r
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         ["contender", "visits", "samples", "fit s", "in visits s", "ms/visit (fit)", "ms/visit (in visits)", "runs"],
         [[("-" if isinstance(v, float) and v != v else v) for v in row] for row in rows],
     )
-    print(f"target <= {TARGET_MS:.0f} ms per visit (fit wall time, shared and independent): {worst:.1f} ms -> {c.verdict(worst <= TARGET_MS)}")
+    print(
+        f"target <= {TARGET_MS:.0f} ms per visit (fit wall time, shared and independent): {worst:.1f} ms -> {c.verdict(worst <= TARGET_MS)}"
+    )
     return 0
 
 

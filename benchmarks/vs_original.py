@@ -19,12 +19,11 @@ TARGET = 50.0
 def setting(smoke: bool) -> dict:
     if smoke:
         return {"smoke": True, "train_per_class": 8, "local_epochs": 1}
-    return {"smoke": False, "train_per_class": 96, "local_epochs": 2}
+    return {"smoke": False, "train_per_class": 48, "local_epochs": 2}
 
 
 def build_dm(spec: dict):
     from a2vgen.data.clients import ClientSpec
-
     from a2vgen.data.demo import DEMO_CLASSES
 
     clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]

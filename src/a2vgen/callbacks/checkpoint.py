@@ -48,12 +48,19 @@ class RoundCheckpoint(ModelCheckpoint):
 
     def _save(self, trainer, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(str(tmp))
+        trainer.save_checkpoint(str(tmp), weights_only=False)
         os.replace(tmp, path)
 
-    def _save_last(self, trainer) -> None:
+    def _save_last(self, trainer, same_as: Path | None = None) -> None:
+        """Write ``last.ckpt`` (a hard link to ``same_as`` when that file holds the same state)."""
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        self._save(trainer, path)
+        if same_as is None:
+            self._save(trainer, path)
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            os.link(same_as, tmp)
+            os.replace(tmp, path)
         self.last_model_path = str(path)
 
     def on_client_end(self, trainer, module, visit) -> None:
@@ -64,6 +71,7 @@ class RoundCheckpoint(ModelCheckpoint):
         final = round >= trainer.federation.max_rounds
         if round % self.every_n_rounds and not final:
             return
+        path = None
         if self.keep_last:
             path = Path(self.dirpath) / f"round-{round:04d}{self.FILE_EXTENSION}"
             self._save(trainer, path)
@@ -72,7 +80,7 @@ class RoundCheckpoint(ModelCheckpoint):
             rounds = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
             for old in rounds[: -self.keep_last]:
                 old.unlink()
-        self._save_last(trainer)
+        self._save_last(trainer, same_as=path)
 
     def on_train_end(self, trainer, module) -> None:
         if trainer.should_stop and trainer.fit_loop.visits:

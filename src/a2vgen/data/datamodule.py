@@ -220,6 +220,14 @@ class FederatedDataModule(LightningDataModule):
 
     def set_key_map(self, class_to_key: dict[str, str], keys: list[str]) -> None:
         """Group batches by generator key (``key_grouped``) using the module's class → key map."""
+        for spec in self.clients:
+            outside = [c for c in spec.all_classes if spec.group is not None and class_to_key[c] != spec.group]
+            if outside:
+                keys_of = sorted({class_to_key[c] for c in outside})
+                raise ValueError(
+                    f"client {spec.id!r} is pinned to group {spec.group!r}, but its classes {outside} "
+                    f"train {keys_of}: fix class_groups or the client's classes"
+                )
         key_of_class = None
         if self.key_grouped:
             key_of_class = torch.tensor([keys.index(class_to_key[c]) for c in self.classes], dtype=torch.long)

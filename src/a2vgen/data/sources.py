@@ -1,7 +1,8 @@
-"""Where a federation's embeddings come from: the demo generator or a file in the a2vgen layout."""
+"""Where a federation's embeddings come from: the demo generator, a file in the a2vgen layout, or raw ESC-50."""
 
 from __future__ import annotations
 
+from a2vgen.data.cache import EmbedConfig, build_embedding_cache
 from a2vgen.data.demo import make_demo_embeddings
 from a2vgen.data.embeddings import EmbeddingSet, load_embeddings
 
@@ -52,3 +53,14 @@ class EmbeddingFile(EmbeddingSource):
 
     def load(self) -> EmbeddingSet:
         return load_embeddings(self.path)
+
+
+class RawESC50(EmbeddingSource):
+    """A raw ESC-50 folder: builds (or reuses) the embedding cache with AST and the pipeline's text
+    encoders on first load (see ``a2vgen embed`` and :class:`~a2vgen.data.cache.EmbedConfig`)."""
+
+    def __init__(self, embed: EmbedConfig) -> None:
+        self.embed = embed
+
+    def load(self) -> EmbeddingSet:
+        return load_embeddings(build_embedding_cache(self.embed))

@@ -70,6 +70,7 @@ class FederatedFitLoop(_FitLoop):
         self.round_samples: dict[str, dict[str, float]] = {}
         self.generators: SharedGenerators | IndependentGenerators | None = None
         self._pending_state: dict | None = None
+        self.current_visit: ClientVisit | None = None
         self.epoch_loop._should_check_val_fx = lambda *_: False  # evaluation is a callback's job here
 
     # ------------------------------------------------------------------ Lightning plumbing
@@ -184,6 +185,7 @@ class FederatedFitLoop(_FitLoop):
         bank = self.generators.activate(spec.id)
         keys = module.keys_for(classes)
         visit = ClientVisit(spec, self.round, self.position, classes, keys, count)
+        self.current_visit = visit
         mode = "shared generators from the server" if self.config.shared_generators else "its own generators"
         log.info("client %s: training %s (%d generators) on classes %s", spec.id, mode, len(bank.keys), classes)
         seed = key_seed(self.config.seed, f"round-{self.round}/client-{spec.id}")
@@ -240,6 +242,7 @@ class FederatedFitLoop(_FitLoop):
             "visits": self.visits,
             "round_samples": self.round_samples,
             "shared_generators": self.config.shared_generators,
+            "aggregation": self.config.aggregation,
             "generators": self.generators.state_dict() if self.generators is not None else {},
         }
 

@@ -75,6 +75,7 @@ class IndependentGenerators:
 
     def state_dict(self) -> dict:
         return {
+            "keys": {cid: list(bank.keys) for cid, bank in self.client_banks.items()},
             "banks": {cid: bank.state_dict() for cid, bank in self.client_banks.items()},
             "optimizers": {cid: opt.state_dict() for cid, opt in self.optimizers.items()},
         }

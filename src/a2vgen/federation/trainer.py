@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from a2vgen.callbacks.checkpoint import RoundCheckpoint
+from a2vgen.callbacks.progress import FederatedProgressBar
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import FederatedFitLoop
 from a2vgen.federation.server import DiffusionServer
@@ -27,6 +30,8 @@ class FederatedTrainer(Trainer):
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
+        enable_checkpointing: add a :class:`~a2vgen.callbacks.RoundCheckpoint` unless one is configured.
+        enable_progress_bar: add a :class:`~a2vgen.callbacks.progress.FederatedProgressBar` unless one is.
         **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet.
     """
 
@@ -43,8 +48,19 @@ class FederatedTrainer(Trainer):
         generator_only: bool = True,
         pipeline: str | None = None,
         pipeline_dtype: str = "float32",
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
         **kwargs,
     ) -> None:
+        callbacks = kwargs.pop("callbacks", None) or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if enable_checkpointing and not any(isinstance(c, Checkpoint) for c in callbacks):
+            callbacks.append(RoundCheckpoint())
+        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(FederatedProgressBar())
+        kwargs.update(
+            callbacks=callbacks, enable_checkpointing=enable_checkpointing, enable_progress_bar=enable_progress_bar
+        )
         kwargs.setdefault("num_sanity_val_steps", 0)
         kwargs.setdefault("enable_model_summary", False)
         super().__init__(*args, **kwargs)

@@ -324,6 +324,7 @@ class BaseGeneratorModule(LightningModule):
     def checkpoint_metadata(self) -> dict:
         """What must match for a checkpoint to load into this module (plain types only)."""
         return {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "granularity": self.granularity,
             "keys": list(self.generator_keys),
             "classes": list(self.classes),
@@ -339,6 +340,7 @@ class BaseGeneratorModule(LightningModule):
         if saved is None:
             raise CheckpointMismatchError("checkpoint has no 'a2vgen' metadata: it was not written by a2vgen")
         mine = self.checkpoint_metadata()
+        mine.pop("class_path")  # a subclass may load its parent's checkpoint
         diffs = [
             f"{k}: checkpoint has {saved.get(k)!r}, this module has {v!r}" for k, v in mine.items() if saved.get(k) != v
         ]

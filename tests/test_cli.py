@@ -1,0 +1,198 @@
+"""The a2vgen command in-process: shipped configs, presets, sampling/export, README options, errors."""
+
+import inspect
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from a2vgen.cli import main
+from a2vgen.data.embeddings import load_embeddings
+from a2vgen.export import load_exported
+from tiny_models import build_tiny_sd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+SMALL = [
+    "--trainer.max_rounds", "2",
+    "--data.source.init_args.train_per_class", "6",
+    "--data.source.init_args.val_per_class", "2",
+    "--data.source.init_args.test_per_class", "2",
+    "--model.init_args.hidden_dim", "16",
+    "--model.init_args.latent_dim", "8",
+    "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_dir(workdir: Path, name: str) -> Path:
+    (version,) = (workdir / "runs" / name).glob("version_*")
+    return version
+
+
+def test_every_config_is_shipped():
+    assert set(CONFIGS) >= {
+        "demo.yaml", "shared_continuous.yaml", "sequential_classes_reset.yaml",
+        "per_group.yaml", "independent_fedavg.yaml", "full_mode.yaml",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_shipped_config_runs_with_size_only_overrides(config, workdir, tmp_path_factory, caplog):
+    extra = []
+    if config == "full_mode.yaml":
+        extra = ["--trainer.pipeline", str(build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd"))]
+    main(["fit", "--config", str(ROOT / "configs" / config), *SMALL, *extra])
+    name = config.removesuffix(".yaml")
+    out = run_dir(workdir, name)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "exports").glob("*.safetensors"))
+    assert (out / "metrics.csv").read_text().count("\n") >= 2
+    assert "round 2/2" in caplog.text
+
+
+def test_callback_preset_composes_onto_a_config(workdir, caplog):
+    args = ["fit", "--config", str(ROOT / "configs" / "shared_continuous.yaml"), *SMALL]
+    main([*args, "--trainer.callbacks+=" + str(ROOT / "callbacks" / "class_change_reset.yaml")])
+    assert "-> reset generator 'unified'" in caplog.text
+    saved = (run_dir(workdir, "shared_continuous") / "config.yaml").read_text()
+    assert "ClassChangeResetCallback" in saved and "RoundCheckpoint" in saved
+
+
+def test_sample_and_export_outputs_load_with_the_documented_one_liners(workdir):
+    main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
+    ckpt = run_dir(workdir, "demo") / "checkpoints" / "last.ckpt"
+    main(
+        ["sample", "--ckpt_path", str(ckpt), "--classes", "[dog, rain]", "--num_samples", "5", "--out", "s.safetensors"]
+    )
+    samples = load_embeddings("s.safetensors")
+    assert samples.audio.shape == (10, 4, 768) and samples.classes == ["dog", "rain"]
+    assert samples.labels.tolist() == [0] * 5 + [1] * 5 and samples.cond[0].shape == (2, 77, 768)
+    main(["export", "--ckpt_path", str(ckpt), "--out_dir", "exp"])
+    net, meta = load_exported("exp/dog")
+    assert meta["classes"] == ["dog"] and meta["key"] == "dog"
+    assert net.sample(3, meta["cond"]["dog"]).shape == (3, 4, 768)
+    # the export reproduces the checkpoint's generator exactly
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    from a2vgen.export import load_module
+
+    module, _ = load_module(ckpt)
+    torch.testing.assert_close(net.sample(2, meta["cond"]["dog"], generator=g1), module.sample("dog", 2, generator=g2))
+
+
+def test_independent_run_without_aggregation_samples_and_exports_per_client(workdir):
+    args = ["fit", "--config", str(ROOT / "configs" / "independent_fedavg.yaml"), *SMALL]
+    main([*args, "--trainer.aggregation", "none"])
+    ckpt = run_dir(workdir, "independent_fedavg") / "checkpoints" / "last.ckpt"
+    main(["sample", "--ckpt_path", str(ckpt), "--classes", "[dog]", "--num_samples", "2", "--out", "s.safetensors"])
+    assert sorted(p.name for p in workdir.glob("s.client-*.safetensors")) == [
+        "s.client-0.safetensors", "s.client-1.safetensors",
+    ]  # fmt: skip
+    exports = {p.name for p in (run_dir(workdir, "independent_fedavg") / "exports").glob("*.json")}
+    assert {"client-0.dog.json", "client-1.dog.json", "client-2.helicopter.json"} <= exports
+
+
+def test_user_subclass_loads_from_the_working_directory(workdir, caplog):
+    (workdir / "my_generators.py").write_text(
+        "from a2vgen.modules import UnifiedGenerator\n\n"
+        "class TaggedGenerator(UnifiedGenerator):\n"
+        "    def build_network(self, key):\n"
+        "        net = super().build_network(key)\n"
+        "        print('built network for', key)\n"
+        "        return net\n"
+    )
+    main(["fit", "--config", str(ROOT / "configs" / "shared_continuous.yaml"), *SMALL,
+          "--model", "my_generators.TaggedGenerator", "--model.hidden_dim", "16"])  # fmt: skip
+    ckpt = run_dir(workdir, "shared_continuous") / "checkpoints" / "last.ckpt"
+    main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "1", "--out", "s.safetensors"])
+    assert load_embeddings("s.safetensors").audio.shape[0] == 10
+
+
+def readme_options() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- options -->")[1].split("<!-- /options -->")[0]
+    return re.findall(r"^\| `([a-z_.]+)` \|", table, flags=re.M)
+
+
+def printed_config(config: str, capsys) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def has_option(config: dict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_option_in_the_readme_table_exists_in_the_parser(capsys):
+    options = readme_options()
+    assert len(options) > 30
+    configs = [printed_config(c, capsys) for c in ("demo.yaml", "per_group.yaml")]
+    missing = [o for o in options if not o.startswith("callbacks.") and not any(has_option(c, o) for c in configs)]
+    assert missing == []
+    from a2vgen import callbacks
+
+    for option in (o for o in options if o.startswith("callbacks.")):
+        _, cls, arg = option.split(".")
+        assert arg in inspect.signature(getattr(callbacks, cls)).parameters, option
+
+
+def test_unknown_config_key_is_an_error(workdir, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.max_roundz", "2"])
+    assert err.value.code != 0
+    assert "max_roundz" in capsys.readouterr().err
+
+
+def test_unknown_class_names_the_available_ones(workdir, caplog):
+    main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
+    ckpt = run_dir(workdir, "demo") / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as err:
+        main(["sample", "--ckpt_path", str(ckpt), "--classes", "[unicorn]"])
+    assert err.value.code == 1
+    assert "unknown class 'unicorn'; available classes: ['dog'" in caplog.text
+
+
+def test_bad_class_path_is_an_error(workdir, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model", "nowhere.Generator"])
+    assert err.value.code != 0
+    assert "nowhere.Generator" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_an_error(workdir, caplog):
+    with pytest.raises(SystemExit) as err:
+        main(["sample", "--ckpt_path", "missing.ckpt"])
+    assert err.value.code == 1 and "checkpoint not found: missing.ckpt" in caplog.text
+
+
+def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, caplog):
+    Path("junk.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {}}, "foreign.ckpt")
+    for path, message in [("junk.ckpt", "not a readable checkpoint"), ("foreign.ckpt", "not an a2vgen checkpoint")]:
+        with pytest.raises(SystemExit):
+            main(["export", "--ckpt_path", path])
+        assert message in caplog.text
+
+
+def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL, "--trainer.max_rounds", "1",
+          "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])  # fmt: skip
+    runs = list((workdir / "runs" / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
+    shutil.rmtree(workdir / "runs")
