@@ -100,7 +100,7 @@ def write_samples(
     banks = client_banks(module, ckpt) if not _aggregated(ckpt) else {}
     out = Path(out)
     written = []
-    targets = {None: module.bank} if not banks else banks
+    targets = banks or {None: module.bank}
     for cid, bank in targets.items():
         module.bank = bank
         held = [c for c in classes if module.generator_key(c) in bank]
@@ -192,16 +192,13 @@ def export_bank(
                 },
             },
         }
-        stem = key if client is None else f"client-{client}.{key}"
-        for suffix, write in ((".safetensors", lambda p: save_file(tensors, p)), (".json", None)):
-            path = out_dir / f"{stem}{suffix}"
-            tmp = path.with_name(path.name + ".tmp")
-            if write is None:
-                tmp.write_text(json.dumps(meta, indent=2))
-            else:
-                write(str(tmp))
-            os.replace(tmp, path)
-            written.append(path)
+        stem = out_dir / (key if client is None else f"client-{client}.{key}")
+        weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+        save_file(tensors, str(weights) + ".tmp")
+        os.replace(str(weights) + ".tmp", weights)
+        Path(str(info) + ".tmp").write_text(json.dumps(meta, indent=2))
+        os.replace(str(info) + ".tmp", info)
+        written += [weights, info]
     return written
 
 
