@@ -196,3 +196,19 @@ def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
     runs = list((workdir / "runs" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
     shutil.rmtree(workdir / "runs")
+
+
+def test_validate_test_and_predict_from_a_checkpoint(workdir, capsys):
+    config = ["--config", str(ROOT / "configs" / "demo.yaml"), *SMALL]
+    main(["fit", *config])
+    ckpt = str(run_dir(workdir, "demo") / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    main(["validate", *config, "--ckpt_path", ckpt])
+    assert "val/dog/loss" in capsys.readouterr().out
+    main(["test", *config, "--ckpt_path", ckpt])
+    assert "test/dog/loss" in capsys.readouterr().out
+    main(["predict", *config, "--ckpt_path", ckpt, "--data.predict_samples", "3"])
+    (path,) = (workdir / "runs" / "demo").glob("version_*/samples.safetensors")
+    samples = load_embeddings(path)
+    assert samples.audio.shape == (3 * len(samples.classes), 4, 768)
+    assert samples.labels.bincount().tolist() == [3] * len(samples.classes)

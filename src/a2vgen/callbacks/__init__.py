@@ -1,7 +1,8 @@
-"""Callbacks: reset on class change, round checkpoints, exports."""
+"""Callbacks: reset on class change, round checkpoints, exports, predicted samples."""
 
 from a2vgen.callbacks.checkpoint import RoundCheckpoint
 from a2vgen.callbacks.export import ExportGenerators
 from a2vgen.callbacks.reset import ClassChangeResetCallback
+from a2vgen.callbacks.samples import SampleWriter
 
-__all__ = ["ClassChangeResetCallback", "ExportGenerators", "RoundCheckpoint"]
+__all__ = ["ClassChangeResetCallback", "ExportGenerators", "RoundCheckpoint", "SampleWriter"]

@@ -100,6 +100,7 @@ class FederatedDataModule(LightningDataModule):
         overlap: every client holding a class gets all its samples (default: a class's samples are split
             disjointly among the clients holding it).
         seed: seed of the partition.
+        predict_samples: synthetic samples per class written by ``a2vgen predict``.
     """
 
     def __init__(
@@ -110,9 +111,11 @@ class FederatedDataModule(LightningDataModule):
         key_grouped: bool = True,
         overlap: bool = False,
         seed: int = 0,
+        predict_samples: int = 16,
     ) -> None:
         super().__init__()
         self.source = source or DemoEmbeddings()
+        self.predict_samples = predict_samples
         self.specs = list(clients) if clients is not None else None
         self.batch_size = batch_size
         self.key_grouped = key_grouped
@@ -260,3 +263,15 @@ class FederatedDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._split_loaders("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Sampling requests: ``predict_samples`` per class, one batch per class, with its conditioning."""
+        n = self.predict_samples
+        requests = [
+            {
+                "class_idx": torch.full((n,), c, dtype=torch.long),
+                "cond": [t[c].expand(n, *t.shape[1:]) for t in self.class_cond],
+            }
+            for c in range(len(self.classes))
+        ]
+        return DataLoader(requests, batch_size=None)

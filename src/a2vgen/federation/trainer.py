@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from a2vgen.callbacks.checkpoint import RoundCheckpoint
 from a2vgen.callbacks.progress import FederatedProgressBar
+from a2vgen.callbacks.samples import SampleWriter
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import FederatedFitLoop
 from a2vgen.federation.server import DiffusionServer
@@ -58,6 +59,8 @@ class FederatedTrainer(Trainer):
             callbacks.append(RoundCheckpoint())
         if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(FederatedProgressBar())
+        if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(SampleWriter())
         kwargs.update(
             callbacks=callbacks, enable_checkpointing=enable_checkpointing, enable_progress_bar=enable_progress_bar
         )

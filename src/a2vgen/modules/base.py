@@ -320,6 +320,16 @@ class BaseGeneratorModule(LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self._eval_step(batch, "test", dataloader_idx)
 
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Sample one batch of requests (``class_idx`` and ``cond`` per sample) from their generators."""
+        class_idx, cond = batch["class_idx"], batch["cond"]
+        slot_idx = self.bank.slot_of_class[class_idx]
+        audio = torch.empty(len(class_idx), *self.audio_shape, device=class_idx.device)
+        for s in slot_idx.unique().tolist():
+            mask = slot_idx == s
+            audio[mask] = self.bank.slots[s].net.sample(int(mask.sum()), [c[mask] for c in cond])
+        return {"audio": audio, "class_idx": class_idx}
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_metadata(self) -> dict:
         """What must match for a checkpoint to load into this module (plain types only)."""
