@@ -32,7 +32,9 @@ def small_module(cls, classes, **kwargs):
     return cls(classes=classes, **options)
 
 
-def small_demo(train_per_class: int = 12, num_classes: int = 10) -> DemoEmbeddings:
+def small_demo(
+    train_per_class: int = 12, num_classes: int = 10, cond_tokens: int = 6, cond_dim: int = 8
+) -> DemoEmbeddings:
     return DemoEmbeddings(
         num_classes=num_classes,
         train_per_class=train_per_class,
@@ -40,8 +42,8 @@ def small_demo(train_per_class: int = 12, num_classes: int = 10) -> DemoEmbeddin
         test_per_class=4,
         tokens=4,
         audio_dim=16,
-        cond_tokens=6,
-        cond_dim=8,
+        cond_tokens=cond_tokens,
+        cond_dim=cond_dim,
     )
 
 
@@ -52,7 +54,8 @@ def small_datamodule(clients, batch_size: int = 8, **kwargs) -> FederatedDataMod
 
 
 def module_for(cls, dm: FederatedDataModule, **kwargs):
-    return small_module(cls, dm.classes, class_cond=dm.class_cond, **kwargs)
+    shapes = {"audio_shape": dm.audio_shape, "cond_shapes": dm.cond_shapes}
+    return small_module(cls, dm.classes, class_cond=dm.class_cond, **shapes, **kwargs)
 
 
 def make_batch(class_idx: list[int], seed: int = 0, scale: float = 3.0) -> dict:

@@ -40,6 +40,9 @@ class Recorder(Callback):
             "bank": module.bank,
             "optimizer": trainer.optimizers[0],
             "weights": {k: weights(module, k) for k in self.keys if k in module.bank},
+            "adapter": None
+            if module.bank.adapter is None
+            else [p.detach().clone() for p in module.bank.adapter.parameters()],
         }
 
     def on_client_start(self, trainer, module, visit):

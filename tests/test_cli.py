@@ -49,7 +49,11 @@ def test_every_config_is_shipped():
 def test_shipped_config_runs_with_size_only_overrides(config, workdir, tmp_path_factory, caplog):
     extra = []
     if config == "full_mode.yaml":
-        extra = ["--trainer.pipeline", str(build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd"))]
+        tiny = build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")  # CLIP states [77, 32]
+        extra = ["--trainer.pipeline", str(tiny), "--data.source.init_args.cond_dim", "32",
+                 # init_args of the last callback in the list: DiffusionPreviews
+                 "--trainer.callbacks.init_args.height", "64", "--trainer.callbacks.init_args.width", "64",
+                 "--trainer.callbacks.init_args.num_inference_steps", "2"]  # fmt: skip
     main(["fit", "--config", str(ROOT / "configs" / config), *SMALL, *extra])
     name = config.removesuffix(".yaml")
     out = run_dir(workdir, name)
@@ -57,6 +61,8 @@ def test_shipped_config_runs_with_size_only_overrides(config, workdir, tmp_path_
     assert list((out / "exports").glob("*.safetensors"))
     assert (out / "metrics.csv").read_text().count("\n") >= 2
     assert "round 2/2" in caplog.text
+    if config == "full_mode.yaml":
+        assert len(list((out / "previews" / "round-0002").glob("*.png"))) == 4
 
 
 def test_callback_preset_composes_onto_a_config(workdir, caplog):

@@ -1,8 +1,10 @@
-"""The ``a2vgen`` command: LightningCLI subcommands (fit, validate, test, predict) plus sample, export, embed."""
+"""The ``a2vgen`` command: LightningCLI subcommands (fit, validate, test, predict) plus sample, export, embed,
+report."""
 
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sys
 from collections.abc import Callable
@@ -18,11 +20,13 @@ log = logging.getLogger("a2vgen")
 
 
 class A2VGenCLI(LightningCLI):
-    """LightningCLI with the data's classes and shapes linked into the generator module."""
+    """LightningCLI with the data's classes and shapes linked into the generator module, and the adapter
+    trained exactly when the run is not generator-only (full mode)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in ("classes", "audio_shape", "cond_shapes", "class_cond"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
 
 
 def run_lightning(args: list[str] | None, run: bool = True) -> A2VGenCLI:
@@ -89,7 +93,14 @@ def embed_command(args: list[str]) -> None:
     print(f"wrote {path}")
 
 
+def report_command(args: list[str]) -> None:
+    from a2vgen.report import report_command as write
+
+    write(args)
+
+
 TOOLS: dict[str, Callable[[list[str]], None]] = {
+    "report": report_command,
     "sample": sample_command,
     "export": export_command,
     "embed": embed_command,
@@ -119,5 +130,7 @@ def main(args: list[str] | None = None) -> None:
             raise SystemExit(1) from err
         return
     if args and args[0] in ("-h", "--help"):
-        print("usage: a2vgen {fit,validate,test,predict,sample,export,embed} ...  (see: a2vgen <command> --help)")
+        print(
+            "usage: a2vgen {fit,validate,test,predict,sample,export,embed,report} ...  (see: a2vgen <command> --help)"
+        )
     run_lightning(None if from_argv else args)

@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader
 
 from a2vgen.data.clients import ClientSpec
 from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
-from a2vgen.federation.aggregation import fedavg
+from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.state import IndependentGenerators, SharedGenerators
-from a2vgen.modules.base import BaseGeneratorModule, key_seed
+from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,10 @@ class FederatedFitLoop(_FitLoop):
         self._restarting = False
         self.epoch_loop.restarting = False
         if not self.server.generator_only:
-            self.server.pipeline()
+            self.server.pipeline(self.trainer.strategy.root_device)
+            self.server.check_prompt_space(module.cond_shapes)
+            if module.bank.adapter is None:
+                log.warning("full mode without an adapter (model.train_adapter: false): previews cannot be rendered")
         self.on_run_start()
         while not self.done and not self.trainer.should_stop:
             self.run_round(module)
@@ -211,8 +214,15 @@ class FederatedFitLoop(_FitLoop):
         return visit
 
     def aggregate(self, module: BaseGeneratorModule) -> None:
-        """FedAvg per key over the clients that trained it this round; every holder gets the average."""
+        """FedAvg per key over the clients that trained it this round; every holder gets the average.
+        The adapter (full mode) is averaged over every client that trained this round."""
         banks = self.generators.banks()
+        if module.bank.adapter is not None:
+            trained = [
+                (banks[cid].adapter, s[ADAPTER_KEY]) for cid, s in self.round_samples.items() if s.get(ADAPTER_KEY)
+            ]
+            if trained:
+                weighted_average(trained, [bank.adapter for bank in banks.values()] + [module.bank.adapter])
         for key in module.generator_keys:
             contributions = [
                 (banks[cid], samples[key]) for cid, samples in self.round_samples.items() if samples.get(key, 0) > 0

@@ -28,8 +28,8 @@ class DiffusionServer:
     def loaded(self) -> bool:
         return self._pipeline is not None
 
-    def pipeline(self):
-        """The diffusers pipeline (loaded once)."""
+    def pipeline(self, device: torch.device | str | None = None):
+        """The diffusers pipeline (loaded once, moved to ``device`` when given)."""
         if self.generator_only:
             raise RuntimeError("generator-only mode never loads the diffusion pipeline")
         if self._pipeline is None:
@@ -37,4 +37,22 @@ class DiffusionServer:
 
             log.info("loading diffusion pipeline %s", self.pipeline_path)
             self._pipeline = DiffusionPipeline.from_pretrained(self.pipeline_path, torch_dtype=self.dtype)
+            self._pipeline.set_progress_bar_config(disable=True)
+        if device is not None:
+            self._pipeline.to(device)
         return self._pipeline
+
+    def check_prompt_space(self, cond_shapes: list[list[int]]) -> None:
+        """Refuse conditioning whose widths differ from the pipeline's text encoders (SD: CLIP states;
+        FLUX: T5 states and pooled CLIP): previews would feed the pipeline embeddings it cannot read."""
+        pipe = self.pipeline()
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            expected = [pipe.text_encoder_2.config.d_model, pipe.text_encoder.config.hidden_size]
+        else:
+            expected = [pipe.text_encoder.config.hidden_size]
+        widths = [shape[-1] for shape in cond_shapes]
+        if widths != expected:
+            raise ValueError(
+                f"the data's conditioning widths {widths} (shapes {cond_shapes}) differ from the prompt space of "
+                f"{self.pipeline_path} {expected}: embed the class prompts with this pipeline's text encoders"
+            )

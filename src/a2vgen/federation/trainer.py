@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
@@ -31,6 +31,7 @@ class FederatedTrainer(Trainer):
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
+        callbacks: Lightning callbacks (a2vgen adds checkpointing, progress and sample writing unless given).
         enable_checkpointing: add a :class:`~a2vgen.callbacks.RoundCheckpoint` unless one is configured.
         enable_progress_bar: add a :class:`~a2vgen.callbacks.progress.FederatedProgressBar` unless one is.
         **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet.
@@ -49,12 +50,14 @@ class FederatedTrainer(Trainer):
         generator_only: bool = True,
         pipeline: str | None = None,
         pipeline_dtype: str = "float32",
+        callbacks: list[Callback] | Callback | None = None,
         enable_checkpointing: bool = True,
         enable_progress_bar: bool = True,
         **kwargs,
     ) -> None:
-        callbacks = kwargs.pop("callbacks", None) or []
-        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        callbacks = (
+            [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        )
         if enable_checkpointing and not any(isinstance(c, Checkpoint) for c in callbacks):
             callbacks.append(RoundCheckpoint())
         if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):

@@ -27,10 +27,15 @@ class GeneratorBank(nn.Module):
     """Generators for ``keys``, one :class:`GeneratorSlot` each, addressable by key name.
 
     ``slot_of_class[c]`` is the slot training class ``c`` (``-1``: no slot in this bank holds it).
+    ``adapter`` is the audio→prompt adapter trained beside the generators in full mode (or ``None``); it
+    lives in the bank so that it follows the sharing mode with them.
     """
 
-    def __init__(self, keys: list[str], slots: list[GeneratorSlot], class_keys: list[str]) -> None:
+    def __init__(
+        self, keys: list[str], slots: list[GeneratorSlot], class_keys: list[str], adapter: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        self.adapter = adapter
         if len(keys) != len(slots):
             raise ValueError(f"{len(keys)} keys for {len(slots)} slots")
         self.keys = list(keys)

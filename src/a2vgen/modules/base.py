@@ -11,12 +11,14 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
+from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
 from a2vgen.nn.loss import VAELossSchedule, vae_loss_terms
 
 log = logging.getLogger(__name__)
 
 LOSS_PARTS = ("loss", "mse", "kl", "cos")
+ADAPTER_KEY = "__adapter__"
 
 
 def key_seed(seed: int, key: str) -> int:
@@ -50,6 +52,10 @@ class BaseGeneratorModule(LightningModule):
         beta_max, beta_warmup_epochs, sim_weight_start, sim_weight_end, sim_decay_epochs: loss schedule
             (SPEC §2), following each generator's own age.
         seed: run seed; each key's initialisation derives from ``(seed, key)``.
+        train_adapter: also train an audio→prompt adapter on the same batches (full mode; linked from
+            ``trainer.generator_only`` by the CLI), mapping audio embeddings to the conditioning space.
+        adapter_hidden_dim, adapter_rank: adapter sizes (see :class:`~a2vgen.nn.adapter.AudioPromptAdapter`).
+        adapter_weight: weight of the adapter's MSE in the training loss.
     """
 
     granularity: str = "base"
@@ -73,6 +79,10 @@ class BaseGeneratorModule(LightningModule):
         sim_weight_end: float = 0.01,
         sim_decay_epochs: int = 10,
         seed: int = 0,
+        train_adapter: bool = False,
+        adapter_hidden_dim: int = 512,
+        adapter_rank: int = 16,
+        adapter_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["class_cond"])
@@ -108,6 +118,11 @@ class BaseGeneratorModule(LightningModule):
         """
         hp = self.hparams
         return ConditionalVAE(self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width)
+
+    def build_adapter(self) -> nn.Module:
+        """The audio→prompt adapter (called under a seed derived from ``(seed, "__adapter__")``)."""
+        hp = self.hparams
+        return AudioPromptAdapter(self.audio_shape, self.cond_shapes, hp.adapter_hidden_dim, hp.adapter_rank)
 
     def compute_loss(
         self, net: nn.Module, audio: torch.Tensor, cond: list[torch.Tensor], age: torch.Tensor
@@ -149,7 +164,18 @@ class BaseGeneratorModule(LightningModule):
         if unknown:
             raise KeyError(f"unknown generator keys {unknown}; this module has {self.generator_keys}")
         class_keys = [self.class_to_key[c] for c in self.classes]
-        return GeneratorBank(keys, [self.build_slot(k) for k in keys], class_keys)
+        adapter = None
+        if self.hparams.train_adapter:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key_seed(self.hparams.seed, ADAPTER_KEY))
+                adapter = self.build_adapter()
+        return GeneratorBank(keys, [self.build_slot(k) for k in keys], class_keys, adapter)
+
+    def adapt(self, audio: torch.Tensor) -> list[torch.Tensor]:
+        """Prompt embeddings for audio embeddings ``[B, L, D_a]`` through the current bank's adapter."""
+        if self.bank.adapter is None:
+            raise RuntimeError("this module trains no adapter: set model.train_adapter (full mode)")
+        return self.bank.adapter(audio)
 
     def seen_classes(self, key: str) -> list[str]:
         """Classes whose samples generator ``key`` trained on since it was built or last reset."""
@@ -251,6 +277,11 @@ class BaseGeneratorModule(LightningModule):
             stats[key]["samples"] = torch.tensor(float(a.shape[0]))
             if self.training:
                 slot.seen[class_idx if mask is None else class_idx[mask]] = True
+        if self.bank.adapter is not None:
+            mse = sum((p - t).pow(2).flatten(1).mean(dim=1) for p, t in zip(self.bank.adapter(audio), cond)) / len(cond)
+            total = total + self.hparams.adapter_weight * mse.mean()
+            stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "mse": mse.detach().sum(), "kl": mse.new_zeros(()),
+                                  "cos": mse.new_zeros(()), "samples": torch.tensor(float(audio.shape[0]))}  # fmt: skip
         return total, stats
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -267,7 +298,7 @@ class BaseGeneratorModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Age every generator that trained in this local epoch (drives its loss schedule)."""
-        for key in self._epoch_keys:
+        for key in self._epoch_keys - {ADAPTER_KEY}:
             self.bank[key].age += 1
         self._epoch_keys.clear()
 
@@ -287,7 +318,8 @@ class BaseGeneratorModule(LightningModule):
         if not clip:
             return
         for key in self._stepped_keys:
-            torch.nn.utils.clip_grad_norm_(self.bank[key].parameters(), clip)
+            module = self.bank.adapter if key == ADAPTER_KEY else self.bank[key]
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.build_optimizer(self.bank)
@@ -340,6 +372,7 @@ class BaseGeneratorModule(LightningModule):
             "classes": list(self.classes),
             "audio_shape": list(self.audio_shape),
             "cond_shapes": [list(s) for s in self.cond_shapes],
+            "adapter": bool(self.hparams.train_adapter),
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
