@@ -35,6 +35,8 @@ SMOKE_DIMS = {"hidden_dim": 32, "latent_dim": 8, "cond_width": 8}
 SD_DATA = {"tokens": 4, "audio_dim": 768, "cond_tokens": 77, "cond_dim": 768}
 SMOKE_DATA = {"tokens": 4, "audio_dim": 16, "cond_tokens": 6, "cond_dim": 8}
 RESULT_TAG = "BENCH-RESULT "
+CONTENDED = 0.3  # a run during which other processes kept more CPUs busy than this on average is retried
+MAX_ATTEMPTS = 1
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 
 
@@ -92,7 +94,7 @@ def busy_cpus(interval: float = 1.0) -> float:
     return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / total)
 
 
-def wait_for_quiet(limit: float = 0.5, max_wait: float = 30.0) -> float:
+def wait_for_quiet(limit: float = 0.3, max_wait: float = 20.0) -> float:
     """Wait (up to ``max_wait`` s) until other processes keep fewer than ``limit`` CPUs busy; return that."""
     start = time.monotonic()
     busy = busy_cpus()
@@ -101,10 +103,29 @@ def wait_for_quiet(limit: float = 0.5, max_wait: float = 30.0) -> float:
     return busy
 
 
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(busy CPU-seconds of the machine, CPU-seconds of this process, wall time)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        busy = 0.0
+    t = os.times()
+    return busy, t.user + t.system, time.monotonic()
+
+
 def worker_main(run_contender: Callable[[dict], dict], spec_json: str) -> int:
-    """Run one contender in this (fresh) process and print its result as one tagged JSON line."""
+    """Run one contender in this (fresh) process and print its result as one tagged JSON line.
+
+    ``others_cpus`` is the mean number of CPUs other processes kept busy meanwhile (contention check).
+    """
     setup_torch()
+    before = _cpu_snapshot()
     result = run_contender(json.loads(spec_json))
+    after = _cpu_snapshot()
+    wall = max(after[2] - before[2], 1e-9)
+    result["others_cpus"] = max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 
@@ -137,9 +158,18 @@ def alternate(
             n = spec.get("repeats", repeats)
             if len(runs[spec["name"]]) >= n:
                 continue
-            if not inprocess:
-                loads.append(wait_for_quiet())
-            result = run_contender(dict(spec)) if inprocess else _run_subprocess(script, spec)
+            if inprocess:
+                result = run_contender(dict(spec))
+            else:  # other processes share the 2 cores at times: wait for quiet, retry contended runs
+                best = None
+                for _attempt in range(MAX_ATTEMPTS):
+                    loads.append(wait_for_quiet())
+                    result = _run_subprocess(script, spec)
+                    if best is None or result["others_cpus"] < best["others_cpus"]:
+                        best = result
+                    if result["others_cpus"] <= CONTENDED:
+                        break
+                result = best
             runs[spec["name"]].append(result)
     out = {}
     for name, results in runs.items():
@@ -148,9 +178,20 @@ def alternate(
             values = [r[key] for r in results]
             merged[key] = statistics.median(values) if all(isinstance(v, (int, float)) for v in values) else values[0]
         merged["runs"] = len(results)
+        if "others_cpus" in results[0]:
+            merged["others_cpus"] = max(r["others_cpus"] for r in results)
         out[name] = merged
+    busy = {n: r["others_cpus"] for n, r in out.items() if "others_cpus" in r}
+    if busy:
+        print(
+            "(max CPUs kept busy by other processes during runs: "
+            + ", ".join(f"{n}: {v:.2f}" for n, v in busy.items())
+            + ")"
+        )
     if loads:
-        print(f"(CPUs busy with other processes just before each run: max {max(loads):.2f}, median {statistics.median(loads):.2f})")
+        print(
+            f"(CPUs busy with other processes just before each run: max {max(loads):.2f}, median {statistics.median(loads):.2f})"
+        )
     return out
 
 

@@ -187,7 +187,10 @@ def run_contender(spec: dict) -> dict:
 
     dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
     clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
-    dm = c.datamodule(c.demo_source(spec["smoke"], 10, 8 if spec["smoke"] else 64), clients)
+    source = c.demo_source(spec["smoke"], 10, 8 if spec["smoke"] else 64)
+    if spec["smoke"]:  # the data's conditioning must live in the pipeline's prompt space (tiny CLIP: 32 wide)
+        source.kwargs["cond_dim"] = 32
+    dm = c.datamodule(source, clients)
     module = c.module("UnifiedGenerator", dm, dims)
     full = spec["name"] == "full"
     extra = {"generator_only": not full, "pipeline": spec["pipeline"] if full else None}

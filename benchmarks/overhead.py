@@ -23,7 +23,7 @@ NOCKPT = "fit: CSVLogger, no checkpointing"
 def setting(smoke: bool) -> dict:
     if smoke:
         return {"smoke": True, "train_per_class": 8, "rounds": 1, "local_epochs": 1}
-    return {"smoke": False, "train_per_class": 96, "rounds": 2, "local_epochs": 3}
+    return {"smoke": False, "train_per_class": 96, "rounds": 1, "local_epochs": 3}
 
 
 def build_dm(spec: dict):

@@ -19,7 +19,7 @@ TARGET = 50.0
 def setting(smoke: bool) -> dict:
     if smoke:
         return {"smoke": True, "train_per_class": 8, "local_epochs": 1}
-    return {"smoke": False, "train_per_class": 48, "local_epochs": 2}
+    return {"smoke": False, "train_per_class": 48, "local_epochs": 1}
 
 
 def build_dm(spec: dict):

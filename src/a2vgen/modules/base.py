@@ -235,7 +235,7 @@ class BaseGeneratorModule(LightningModule):
         return net.sample(n, cond, generator=generator)
 
     # ------------------------------------------------------------------ training
-    def _check_batch(self, batch: dict) -> None:
+    def _check_shapes(self, batch: dict) -> None:
         audio, cond = batch["audio"], batch["cond"]
         if list(audio.shape[1:]) != self.audio_shape:
             raise ValueError(f"audio embeddings have shape {list(audio.shape[1:])}, module expects {self.audio_shape}")
@@ -243,6 +243,11 @@ class BaseGeneratorModule(LightningModule):
             raise ValueError(
                 f"conditioning shapes {[list(c.shape[1:]) for c in cond]} do not match the module's {self.cond_shapes}"
             )
+
+    def _check_finite(self, batch: dict) -> None:
+        """Name the first sample with NaN/Inf input (called when a loss is not finite: checking every
+        batch would cost ~7% of a step, and data sources already validate what they load)."""
+        audio, cond = batch["audio"], batch["cond"]
         for name, tensor in [("audio", audio), *((f"cond.{i}", c) for i, c in enumerate(cond))]:
             finite = torch.isfinite(tensor.flatten(1)).all(dim=1)
             if not bool(finite.all()):
@@ -254,7 +259,7 @@ class BaseGeneratorModule(LightningModule):
 
     def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
         """Sum over keys of each key's mean loss, and per-key sums of the loss parts."""
-        self._check_batch(batch)
+        self._check_shapes(batch)
         audio, cond, class_idx = batch["audio"], batch["cond"], batch["class_idx"]
         slot_idx = self.bank.slot_of_class[class_idx]
         if bool((slot_idx < 0).any()):
@@ -282,6 +287,9 @@ class BaseGeneratorModule(LightningModule):
             total = total + self.hparams.adapter_weight * mse.mean()
             stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "mse": mse.detach().sum(), "kl": mse.new_zeros(()),
                                   "cos": mse.new_zeros(()), "samples": torch.tensor(float(audio.shape[0]))}  # fmt: skip
+        if not bool(torch.isfinite(total.detach())):
+            self._check_finite(batch)
+            raise FloatingPointError(f"non-finite loss {float(total)} on finite inputs: lower the learning rate?")
         return total, stats
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
