@@ -361,9 +361,9 @@ def raw_train(
                 beta, sim = schedule.beta(age), schedule.sim_weight(age)
                 for rows in torch.randperm(len(labels)).split(batch_size):
                     a = audio[rows]
-                    c = [t[labels[rows]] for t in cond]
+                    classes, index = labels[rows].unique(return_inverse=True)  # encode each class once
                     noisy = a + 0.1 * torch.randn_like(a)
-                    recon, mu, logvar = net(a, c, encoder_input=noisy)
+                    recon, mu, logvar = net(a, [t[classes] for t in cond], encoder_input=noisy, cond_index=index)
                     parts = vae_loss_terms(recon, a, mu, logvar)
                     loss = (parts["mse"] + beta * parts["kl"] + sim * parts["cos"]).mean()
                     opt.zero_grad(set_to_none=True)

@@ -8,13 +8,21 @@ def test_per_sample_conditioning_permutes_with_the_batch():
     vae = ConditionalVAE([4, 16], [[6, 8]], hidden_dim=32, latent_dim=8, cond_width=8)
     cond = torch.randn(5, 6, 8)
     z = torch.randn(5, 8)
-    out = vae.decode(z, [cond])
+    out = vae.decode(z, vae.condition([cond]))
     perm = torch.tensor([3, 0, 4, 1, 2])
-    permuted = vae.decode(z, [cond[perm]])
-    torch.testing.assert_close(permuted, vae.decode(z, [cond[perm]]))
-    # the same latent with a permuted conditioning gives the permuted conditioning's outputs
-    torch.testing.assert_close(vae.decode(z[perm], [cond[perm]]), out[perm])
+    permuted = vae.decode(z, vae.condition([cond[perm]]))
+    # each output follows its own sample's conditioning: permuting both permutes the outputs
+    torch.testing.assert_close(vae.decode(z[perm], vae.condition([cond[perm]])), out[perm])
     assert not torch.allclose(permuted, out)
+
+
+def test_distinct_condition_rows_picked_per_sample_equal_per_sample_conditioning():
+    torch.manual_seed(0)
+    vae = ConditionalVAE([4, 16], [[6, 8]], hidden_dim=32, latent_dim=8, cond_width=8)
+    rows, index = torch.randn(3, 6, 8), torch.tensor([2, 0, 0, 1, 2])
+    torch.testing.assert_close(vae.condition([rows], index), vae.condition([rows[index]]))
+    x, eps = torch.randn(5, 4, 16), torch.randn(5, 8)
+    torch.testing.assert_close(vae(x, [rows], eps=eps, cond_index=index).recon, vae(x, [rows[index]], eps=eps).recon)
 
 
 def test_flux_conditioning_any_length_and_a_pooled_vector():

@@ -37,11 +37,15 @@ class BatchDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, rows: list[int]) -> dict:
+        """A batch; conditioning is per class, so ``cond`` holds each class of the batch once and
+        ``cond_index`` picks a row per sample."""
         idx = self.index[rows]
         labels = self.labels[idx]
+        classes, cond_index = labels.unique(return_inverse=True)
         return {
             "audio": self.audio[idx],
-            "cond": [c[labels] for c in self.cond],
+            "cond": [c[classes] for c in self.cond],
+            "cond_index": cond_index,
             "class_idx": labels,
             "index": idx,
         }
@@ -270,7 +274,8 @@ class FederatedDataModule(LightningDataModule):
         requests = [
             {
                 "class_idx": torch.full((n,), c, dtype=torch.long),
-                "cond": [t[c].expand(n, *t.shape[1:]) for t in self.class_cond],
+                "cond": [t[c : c + 1] for t in self.class_cond],
+                "cond_index": torch.zeros(n, dtype=torch.long),
             }
             for c in range(len(self.classes))
         ]

@@ -125,13 +125,21 @@ class BaseGeneratorModule(LightningModule):
         return AudioPromptAdapter(self.audio_shape, self.cond_shapes, hp.adapter_hidden_dim, hp.adapter_rank)
 
     def compute_loss(
-        self, net: nn.Module, audio: torch.Tensor, cond: list[torch.Tensor], age: torch.Tensor
+        self,
+        net: nn.Module,
+        audio: torch.Tensor,
+        cond: list[torch.Tensor],
+        age: torch.Tensor,
+        cond_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised."""
+        """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised.
+
+        ``cond`` is per sample, or (with ``cond_index``) distinct rows picked per sample.
+        """
         noisy = None
         if self.training and self.hparams.input_noise > 0:
             noisy = audio + self.hparams.input_noise * torch.randn_like(audio)
-        recon, mu, logvar = net(audio, cond, encoder_input=noisy)
+        recon, mu, logvar = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
         parts = vae_loss_terms(recon, audio, mu, logvar)
         parts["loss"] = (
             parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
@@ -247,7 +255,8 @@ class BaseGeneratorModule(LightningModule):
     def _check_finite(self, batch: dict) -> None:
         """Name the first sample with NaN/Inf input (called when a loss is not finite: checking every
         batch would cost ~7% of a step, and data sources already validate what they load)."""
-        audio, cond = batch["audio"], batch["cond"]
+        audio, index = batch["audio"], batch.get("cond_index")
+        cond = batch["cond"] if index is None else [c[index] for c in batch["cond"]]
         for name, tensor in [("audio", audio), *((f"cond.{i}", c) for i, c in enumerate(cond))]:
             finite = torch.isfinite(tensor.flatten(1)).all(dim=1)
             if not bool(finite.all()):
@@ -260,7 +269,7 @@ class BaseGeneratorModule(LightningModule):
     def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
         """Sum over keys of each key's mean loss, and per-key sums of the loss parts."""
         self._check_shapes(batch)
-        audio, cond, class_idx = batch["audio"], batch["cond"], batch["class_idx"]
+        audio, cond, class_idx, cond_index = batch["audio"], batch["cond"], batch["class_idx"], batch.get("cond_index")
         slot_idx = self.bank.slot_of_class[class_idx]
         if bool((slot_idx < 0).any()):
             missing = sorted({self.classes[int(c)] for c in class_idx[slot_idx < 0]})
@@ -274,8 +283,11 @@ class BaseGeneratorModule(LightningModule):
         for s, mask in groups:
             slot = self.bank.slots[s]
             a = audio if mask is None else audio[mask]
-            c = cond if mask is None else [t[mask] for t in cond]
-            parts = self.compute_loss(slot.net, a, c, slot.age)
+            if cond_index is not None:  # distinct rows, picked per sample
+                c, ci = cond, (cond_index if mask is None else cond_index[mask])
+            else:
+                c, ci = (cond if mask is None else [t[mask] for t in cond]), None
+            parts = self.compute_loss(slot.net, a, c, slot.age, ci)
             total = total + parts["loss"].mean()
             key = self.bank.keys[s]
             stats[key] = {name: parts[name].detach().sum() for name in LOSS_PARTS}
@@ -283,7 +295,10 @@ class BaseGeneratorModule(LightningModule):
             if self.training:
                 slot.seen[class_idx if mask is None else class_idx[mask]] = True
         if self.bank.adapter is not None:
-            mse = sum((p - t).pow(2).flatten(1).mean(dim=1) for p, t in zip(self.bank.adapter(audio), cond)) / len(cond)
+            mse = sum(
+                (p - t).pow(2).flatten(1).mean(dim=1)
+                for p, t in zip(self.bank.adapter(audio), cond if cond_index is None else [t[cond_index] for t in cond])
+            ) / len(cond)
             total = total + self.hparams.adapter_weight * mse.mean()
             stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "mse": mse.detach().sum(), "kl": mse.new_zeros(()),
                                   "cos": mse.new_zeros(()), "samples": torch.tensor(float(audio.shape[0]))}  # fmt: skip
@@ -362,12 +377,16 @@ class BaseGeneratorModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Sample one batch of requests (``class_idx`` and ``cond`` per sample) from their generators."""
-        class_idx, cond = batch["class_idx"], batch["cond"]
+        class_idx, cond, cond_index = batch["class_idx"], batch["cond"], batch.get("cond_index")
         slot_idx = self.bank.slot_of_class[class_idx]
         audio = torch.empty(len(class_idx), *self.audio_shape, device=class_idx.device)
         for s in slot_idx.unique().tolist():
             mask = slot_idx == s
-            audio[mask] = self.bank.slots[s].net.sample(int(mask.sum()), [c[mask] for c in cond])
+            net = self.bank.slots[s].net
+            if cond_index is None:
+                audio[mask] = net.sample(int(mask.sum()), [c[mask] for c in cond])
+            else:
+                audio[mask] = net.sample(int(mask.sum()), cond, cond_index=cond_index[mask])
         return {"audio": audio, "class_idx": class_idx}
 
     # ------------------------------------------------------------------ checkpoints

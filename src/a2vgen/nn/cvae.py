@@ -57,19 +57,32 @@ class ConditionalVAE(nn.Module):
     def conditional(self) -> bool:
         return self.cond_encoder is not None
 
-    def _with_cond(self, x: torch.Tensor, cond: list[torch.Tensor] | None) -> torch.Tensor:
+    def condition(self, cond: list[torch.Tensor] | None, cond_index: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Conditioning vectors per sample (``None`` for an unconditioned VAE).
+
+        ``cond`` is per sample, or, with ``cond_index``, distinct rows (e.g. one per class) that are
+        encoded once and picked per sample: far cheaper than encoding 64 copies of a ``[77, 768]`` text
+        embedding.
+        """
         if self.cond_encoder is None:
-            return x
+            return None
         if cond is None:
             raise ValueError("this VAE is conditional: pass the conditioning tensors")
-        return torch.cat([x, self.cond_encoder(cond)], dim=-1)
+        encoded = self.cond_encoder(cond)
+        return encoded if cond_index is None else encoded[cond_index]
 
-    def encode(self, x: torch.Tensor, cond: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(self._with_cond(x.flatten(1), cond)).chunk(2, dim=-1)
+    @staticmethod
+    def _join(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return x if c is None else torch.cat([x, c], dim=-1)
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu, logvar`` of ``x`` given conditioning vectors ``c`` (from :meth:`condition`)."""
+        mu, logvar = self.encoder(self._join(x.flatten(1), c)).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor, cond: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.decoder(self._with_cond(z, cond)).view(z.shape[0], *self.audio_shape)
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Audio tokens ``[B, L, D]`` for latents ``z`` given conditioning vectors ``c``."""
+        return self.decoder(self._join(z, c)).view(z.shape[0], *self.audio_shape)
 
     def forward(
         self,
@@ -77,21 +90,27 @@ class ConditionalVAE(nn.Module):
         cond: list[torch.Tensor] | None = None,
         encoder_input: torch.Tensor | None = None,
         eps: torch.Tensor | None = None,
+        cond_index: torch.Tensor | None = None,
     ) -> VAEOutput:
         """Reconstruct ``x``; ``encoder_input`` (e.g. a noised ``x``) replaces ``x`` for the encoder only."""
-        mu, logvar = self.encode(x if encoder_input is None else encoder_input, cond)
+        c = self.condition(cond, cond_index)
+        mu, logvar = self.encode(x if encoder_input is None else encoder_input, c)
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
-        return VAEOutput(self.decode(z, cond), mu, logvar)
+        return VAEOutput(self.decode(z, c), mu, logvar)
 
     @torch.no_grad()
     def sample(
-        self, n: int, cond: list[torch.Tensor] | None = None, generator: torch.Generator | None = None
+        self,
+        n: int,
+        cond: list[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        cond_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw ``n`` samples; each conditioning tensor has batch size ``n`` (or 1, broadcast)."""
+        """Draw ``n`` samples; conditioning per sample, one row for all, or rows picked by ``cond_index``."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        if cond is not None:
-            cond = [c.expand(n, *c.shape[1:]) if c.shape[0] == 1 else c for c in cond]
-        return self.decode(z, cond)
+        if cond is not None and cond_index is None and cond[0].shape[0] == 1:
+            cond_index = torch.zeros(n, dtype=torch.long, device=device)
+        return self.decode(z, self.condition(cond, cond_index))
