@@ -384,3 +384,12 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def two_client_datamodule(spec: dict):
+    """The demo's 10 classes split over two clients (5 classes each), sized by ``spec``."""
+    from a2vgen.data.clients import ClientSpec
+    from a2vgen.data.demo import DEMO_CLASSES
+
+    clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
+    return datamodule(demo_source(spec["smoke"], 10, spec["train_per_class"]), clients)

@@ -22,17 +22,9 @@ def setting(smoke: bool) -> dict:
     return {"smoke": False, "train_per_class": 48, "local_epochs": 1}
 
 
-def build_dm(spec: dict):
-    from a2vgen.data.clients import ClientSpec
-    from a2vgen.data.demo import DEMO_CLASSES
-
-    clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
-    return c.datamodule(c.demo_source(spec["smoke"], 10, spec["train_per_class"]), clients)
-
-
 def run_contender(spec: dict) -> dict:
     dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
-    dm = build_dm(spec)
+    dm = c.two_client_datamodule(spec)
     _ = dm.data
     if spec["name"] == "original (batch 1)":
         seconds, samples = c.raw_train(dm, dims, 1, spec["local_epochs"], batch_size=1, fused=False)
