@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 class SharedGenerators:
     """Every client trains the server's bank and optimizer (progressive training through clients)."""
 
-    shared = True
-
     def __init__(self, module: BaseGeneratorModule, trainer: Trainer) -> None:
         self.module = module
         self.trainer = trainer
@@ -45,8 +43,6 @@ class IndependentGenerators:
     afterwards the server's bank and optimizer are put back, so the module's own state dict always has
     the server's layout (with ``fedavg``, the server bank holds the latest averages).
     """
-
-    shared = False
 
     def __init__(self, module: BaseGeneratorModule, trainer: Trainer, client_keys: dict[str, list[str]]) -> None:
         self.module = module

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -55,6 +55,3 @@ class GeneratorBank(nn.Module):
 
     def items(self) -> Iterator[tuple[str, GeneratorSlot]]:
         return zip(self.keys, self.slots)
-
-    def parameters_of(self, keys: Iterable[str]) -> list[nn.Parameter]:
-        return [p for k in keys for p in self[k].parameters()]
