@@ -39,3 +39,13 @@ def test_each_local_epoch_is_a_lightning_epoch_with_the_usual_hooks():
     assert trainer.global_step == 2 * 3 * 2 * batches
     assert int(module.bank["dog"].age) == 2 * 3
     assert torch.is_tensor(trainer.callback_metrics.get("loss"))
+
+
+def test_mixed_precision_runs_through_the_same_loop():
+    dm = small_datamodule([ClientSpec("0", classes=["dog", "rain"])])
+    module = module_for(PerClassGenerator, dm)
+    before = [p.detach().clone() for p in module.bank["dog"].parameters()]
+    trainer = federated_fit(module, dm, max_rounds=1, precision="bf16-mixed")
+    assert trainer.precision == "bf16-mixed"
+    assert any(not torch.equal(p, q) for p, q in zip(before, module.bank["dog"].parameters()))
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # master weights stay fp32
