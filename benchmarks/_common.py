@@ -393,3 +393,16 @@ def two_client_datamodule(spec: dict):
 
     clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
     return datamodule(demo_source(spec["smoke"], 10, spec["train_per_class"]), clients)
+
+
+def throughput_table(script: str, run_contender, specs: list[dict], args, baseline: str, title: str, ratio: str):
+    """Run ``specs`` in alternation, print samples/s and the ratio to ``baseline``; return the rows."""
+    repeats = 1 if args.smoke else args.repeats
+    res = alternate(script, run_contender, specs, repeats, args.smoke or args.inprocess)
+    base = res[baseline]["samples_per_s"]
+    rows = [
+        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / base, r["runs"]]
+        for name, r in res.items()
+    ]
+    print_table(title, ["contender", "samples", "seconds", "samples/s", ratio, "runs"], rows)
+    return rows

@@ -48,18 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return c.worker_main(run_contender, args.worker)
     base = setting(args.smoke)
     specs = [{**base, "name": n} for n in (RAW, FULL, NOCKPT)]
-    repeats = 1 if args.smoke else args.repeats
-    res = c.alternate(__file__, run_contender, specs, repeats, args.smoke or args.inprocess)
-    raw = res[RAW]["samples_per_s"]
-    rows = [
-        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / raw, r["runs"]]
-        for name, r in res.items()
-    ]
-    c.print_table(
-        "overhead: samples/s, median of runs (shared unified generator, batch 64, fp32, 2 threads)",
-        ["contender", "samples", "seconds", "samples/s", "vs raw", "runs"],
-        rows,
-    )
+    title = "overhead: samples/s, median of runs (shared unified generator, batch 64, fp32, 2 threads)"
+    rows = c.throughput_table(__file__, run_contender, specs, args, RAW, title, "vs raw")
     for row in rows[1:]:
         print(f"target {row[0]} >= {TARGET}x raw: {row[4]:.3f}x -> {c.verdict(row[4] >= TARGET)}")
     return 0

@@ -42,18 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return c.worker_main(run_contender, args.worker)
     base = setting(args.smoke)
     specs = [{**base, "name": "original (batch 1)"}, {**base, "name": "FederatedTrainer.fit (batch 64)"}]
-    repeats = 1 if args.smoke else args.repeats
-    res = c.alternate(__file__, run_contender, specs, repeats, args.smoke or args.inprocess)
-    orig = res["original (batch 1)"]["samples_per_s"]
-    rows = [
-        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / orig, r["runs"]]
-        for name, r in res.items()
-    ]
-    c.print_table(
-        "vs_original: samples/s, median of runs (unified generator, SD conditioning, fp32, 2 threads)",
-        ["contender", "samples", "seconds", "samples/s", "speed-up", "runs"],
-        rows,
-    )
+    title = "vs_original: samples/s, median of runs (unified generator, SD conditioning, fp32, 2 threads)"
+    rows = c.throughput_table(__file__, run_contender, specs, args, "original (batch 1)", title, "speed-up")
     speedup = rows[1][4]
     print(f"target fit >= {TARGET:.0f}x original: {speedup:.1f}x -> {c.verdict(speedup >= TARGET)}")
     return 0

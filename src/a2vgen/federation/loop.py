@@ -111,7 +111,7 @@ class FederatedFitLoop(_FitLoop):
         if self.config.shuffle_clients:
             clients = [clients[i] for i in torch.randperm(len(clients), generator=g).tolist()]
         if self.config.client_fraction < 1.0:
-            count = max(1, round_half_up(self.config.client_fraction * len(clients)))
+            count = max(1, int(self.config.client_fraction * len(clients) + 0.5))  # rounded half up
             chosen = sorted(torch.randperm(len(clients), generator=g)[:count].tolist())
             clients = [clients[i] for i in chosen]
         return clients
@@ -269,7 +269,3 @@ class FederatedFitLoop(_FitLoop):
         self.round_samples = state["round_samples"]
         self.generators.load_state_dict(state["generators"])
         log.info("resuming at round %d, visit %d of the round", self.round, self.position + 1)
-
-
-def round_half_up(x: float) -> int:
-    return int(x + 0.5)
