@@ -182,3 +182,38 @@ def test_bad_batches_are_named():
     wrong_cond = dict(batch, cond=[torch.randn(3, 6, 9)])
     with pytest.raises(ValueError, match="conditioning shapes"):
         module.shared_step(wrong_cond)
+
+
+def test_gradients_are_clipped_per_generator_only_above_the_limit():
+    module = small_module(PerClassGenerator, CLASSES)
+    batch = make_batch([0, 0, 1, 1])
+    batch["audio"][2:] *= 20  # rooster's samples give a far larger gradient than dog's
+    loss, stats = module.shared_step(batch)
+    loss.backward()
+    module._stepped_keys = list(stats)
+    grads = {k: [p.grad.clone() for p in module.bank[k].parameters()] for k in ("dog", "rooster")}
+    norms = {k: float(torch.nn.utils.get_total_norm(g)) for k, g in grads.items()}
+    assert norms["rooster"] > 2 * norms["dog"]
+    module.hparams.grad_clip = (norms["dog"] + norms["rooster"]) / 2
+    module.configure_gradient_clipping(None)
+    for before, p in zip(grads["dog"], module.bank["dog"].parameters()):
+        assert torch.equal(before, p.grad)  # under the limit: untouched, whatever the other key's norm
+    after = [p.grad for p in module.bank["rooster"].parameters()]
+    assert float(torch.nn.utils.get_total_norm(after)) == pytest.approx(module.hparams.grad_clip, rel=1e-4)
+    for before, now in zip(grads["rooster"], after):
+        torch.testing.assert_close(now, before * module.hparams.grad_clip / norms["rooster"], rtol=1e-4, atol=1e-7)
+
+
+def test_banks_for_many_owners_equal_fresh_builds_and_share_no_storage():
+    module = small_module(PerClassGenerator, CLASSES)
+    banks = module.build_banks({"a": ["dog", "cat"], "b": ["dog"], "c": ["rain"]})
+    assert [banks[o].keys for o in "abc"] == [["dog", "cat"], ["dog"], ["rain"]]
+    for owner, bank in banks.items():
+        fresh = module.build_bank(bank.keys).state_dict()
+        state = bank.state_dict()
+        assert state.keys() == fresh.keys()
+        for name, value in fresh.items():
+            assert torch.equal(state[name], value), (owner, name)
+    pointers = [p.data_ptr() for bank in banks.values() for p in bank.parameters()]
+    assert len(pointers) == len(set(pointers))  # every owner trains its own copy
+    assert banks["c"].slot_of_class.tolist() == [-1, -1, -1, -1, 0]

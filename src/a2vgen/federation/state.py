@@ -51,9 +51,8 @@ class IndependentGenerators:
         self.server_optimizers = list(trainer.strategy.optimizers)
         self.client_banks: dict[str, GeneratorBank] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        for client_id, keys in client_keys.items():
-            bank = module.build_bank(keys).to(module.device)
-            self.client_banks[client_id] = bank
+        for client_id, bank in module.build_banks(client_keys).items():
+            self.client_banks[client_id] = bank.to(module.device)
             self.optimizers[client_id] = module.build_optimizer(bank)
 
     def activate(self, client_id: str) -> GeneratorBank:

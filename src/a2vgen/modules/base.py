@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -179,6 +180,22 @@ class BaseGeneratorModule(LightningModule):
                 adapter = self.build_adapter()
         return GeneratorBank(keys, [self.build_slot(k) for k in keys], class_keys, adapter)
 
+    def build_banks(self, keys_per_owner: dict[str, list[str]]) -> dict[str, GeneratorBank]:
+        """Fresh banks for many owners (independent clients), each holding its own copy of its keys.
+
+        Every key is built once and deep-copied: the weights equal a build per owner (a key's seed
+        depends on the key alone) without paying the random initialisation per owner.
+        """
+        needed = list(dict.fromkeys(k for keys in keys_per_owner.values() for k in keys))
+        template = self.build_bank(needed)
+        class_keys = [self.class_to_key[c] for c in self.classes]
+        return {
+            owner: GeneratorBank(
+                keys, [copy.deepcopy(template[k]) for k in keys], class_keys, copy.deepcopy(template.adapter)
+            )
+            for owner, keys in keys_per_owner.items()
+        }
+
     def adapt(self, audio: torch.Tensor) -> list[torch.Tensor]:
         """Prompt embeddings for audio embeddings ``[B, L, D_a]`` through the current bank's adapter."""
         if self.bank.adapter is None:
@@ -342,7 +359,11 @@ class BaseGeneratorModule(LightningModule):
             return
         for key in self._stepped_keys:
             module = self.bank.adapter if key == ADAPTER_KEY else self.bank[key]
-            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+            params = [p for p in module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            # on CPU the comparison costs nothing and skips a pass over the gradients when within the limit
+            if norm.device.type != "cpu" or norm > clip:
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.build_optimizer(self.bank)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from a2vgen.nn.conditioning import ConditionEncoder
@@ -16,16 +17,46 @@ class VAEOutput(NamedTuple):
     logvar: torch.Tensor
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.LayerNorm(hidden_dim),
-        nn.SiLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        nn.LayerNorm(hidden_dim),
-        nn.SiLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+class ConditionedLinear(nn.Module):
+    """``Linear(cat([x, c], -1))`` without building the concatenation.
+
+    ``x`` and ``c`` get their own weight blocks, initialised exactly as one ``nn.Linear`` over the joined
+    width (same values for the same seed). Keeping them apart lets autograd skip the input gradient of
+    ``x`` when ``x`` needs none (the encoder's audio input), instead of computing it for the whole
+    ``[B, x_dim + c_dim]`` concatenation and keeping only the ``c`` columns.
+    """
+
+    def __init__(self, in_dim: int, cond_dim: int, out_dim: int) -> None:
+        super().__init__()
+        joined = nn.Linear(in_dim + cond_dim, out_dim)
+        self.weight = nn.Parameter(joined.weight.detach()[:, :in_dim].clone())
+        self.bias = joined.bias
+        self.cond_weight = nn.Parameter(joined.weight.detach()[:, in_dim:].clone()) if cond_dim else None
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.cond_weight is None:
+            return out
+        return torch.addmm(out, c, self.cond_weight.t())
+
+
+class ConditionedMLP(nn.Module):
+    """``[x, c]`` → hidden → hidden → out, with LayerNorm and SiLU between the linear layers."""
+
+    def __init__(self, in_dim: int, cond_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.input = ConditionedLinear(in_dim, cond_dim, hidden_dim)
+        self.body = nn.Sequential(
+            nn.LayerNorm(hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return self.body(self.input(x, c))
 
 
 class ConditionalVAE(nn.Module):
@@ -50,8 +81,8 @@ class ConditionalVAE(nn.Module):
         flat = self.audio_shape[0] * self.audio_shape[1]
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
         c = cond_width if cond_shapes else 0
-        self.encoder = _mlp(flat + c, hidden_dim, 2 * latent_dim)
-        self.decoder = _mlp(latent_dim + c, hidden_dim, flat)
+        self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
+        self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
 
     @property
     def conditional(self) -> bool:
@@ -71,18 +102,14 @@ class ConditionalVAE(nn.Module):
         encoded = self.cond_encoder(cond)
         return encoded if cond_index is None else encoded[cond_index]
 
-    @staticmethod
-    def _join(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return x if c is None else torch.cat([x, c], dim=-1)
-
     def encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``mu, logvar`` of ``x`` given conditioning vectors ``c`` (from :meth:`condition`)."""
-        mu, logvar = self.encoder(self._join(x.flatten(1), c)).chunk(2, dim=-1)
+        mu, logvar = self.encoder(x.flatten(1), c).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Audio tokens ``[B, L, D]`` for latents ``z`` given conditioning vectors ``c``."""
-        return self.decoder(self._join(z, c)).view(z.shape[0], *self.audio_shape)
+        return self.decoder(z, c).view(z.shape[0], *self.audio_shape)
 
     def forward(
         self,
