@@ -1,6 +1,7 @@
 """Who trains which generators, when, and with whose state."""
 
 from a2vgen.data.clients import ClientSpec
+from a2vgen.federation.checkpoint_io import LocalCheckpointIO
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import ClientVisit, FederatedFitLoop
 from a2vgen.federation.server import DiffusionServer
@@ -13,4 +14,5 @@ __all__ = [
     "FederatedFitLoop",
     "FederatedTrainer",
     "FederationConfig",
+    "LocalCheckpointIO",
 ]

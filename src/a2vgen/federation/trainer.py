@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -11,6 +12,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from a2vgen.callbacks.checkpoint import RoundCheckpoint
 from a2vgen.callbacks.progress import FederatedProgressBar
 from a2vgen.callbacks.samples import SampleWriter
+from a2vgen.federation.checkpoint_io import LocalCheckpointIO
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import FederatedFitLoop
 from a2vgen.federation.server import DiffusionServer
@@ -34,7 +36,9 @@ class FederatedTrainer(Trainer):
         callbacks: Lightning callbacks (a2vgen adds checkpointing, progress and sample writing unless given).
         enable_checkpointing: add a :class:`~a2vgen.callbacks.RoundCheckpoint` unless one is configured.
         enable_progress_bar: add a :class:`~a2vgen.callbacks.progress.FederatedProgressBar` unless one is.
-        **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet.
+        **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet. Checkpoints
+            are written by :class:`~a2vgen.federation.checkpoint_io.LocalCheckpointIO` unless ``plugins``
+            holds a ``CheckpointIO``.
     """
 
     def __init__(
@@ -64,8 +68,15 @@ class FederatedTrainer(Trainer):
             callbacks.append(FederatedProgressBar())
         if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks.append(SampleWriter())
+        plugins = kwargs.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(LocalCheckpointIO())
         kwargs.update(
-            callbacks=callbacks, enable_checkpointing=enable_checkpointing, enable_progress_bar=enable_progress_bar
+            callbacks=callbacks,
+            plugins=plugins,
+            enable_checkpointing=enable_checkpointing,
+            enable_progress_bar=enable_progress_bar,
         )
         kwargs.setdefault("num_sanity_val_steps", 0)
         kwargs.setdefault("enable_model_summary", False)
