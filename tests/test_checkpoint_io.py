@@ -26,7 +26,7 @@ def test_failed_save_keeps_the_previous_file_intact(tmp_path):
     path = tmp_path / "last.ckpt"
     io = LocalCheckpointIO()
     io.save_checkpoint({"round": 1}, path)
-    with pytest.raises(RuntimeError, match="cannot be saved"):  # fails after the tensor was written
+    with pytest.raises(RuntimeError, match="cannot be saved"):  # fails after the file was opened
         io.save_checkpoint({"round": 2, "weights": torch.ones(1000), "hook": Unsaveable()}, path)
     assert io.load_checkpoint(path) == {"round": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
