@@ -332,14 +332,15 @@ def raw_train(
     rounds: int,
     local_epochs: int,
     batch_size: int,
-    fused: bool,
+    best: bool,
     seed: int = 0,
     lr: float = 1e-3,
 ) -> tuple[float, float]:
     """The same math as the federated fit of a unified generator (shared), in a plain PyTorch loop.
 
-    Noisy-encoder VAE loss with the age schedule, per-batch mean, per-generator grad clip 5.0, AdamW
-    (``fused`` or the default implementation). Returns ``(seconds, samples)``.
+    Noisy-encoder VAE loss with the age schedule, per-batch mean, grad clip 5.0, AdamW. ``best``: fused
+    AdamW and a rescale only when the norm is over the limit (what the module does); otherwise the
+    original system's default AdamW and ``clip_grad_norm_``. Returns ``(seconds, samples)``.
     """
     import torch
 
@@ -348,7 +349,7 @@ def raw_train(
 
     torch.manual_seed(seed)
     net = ConditionalVAE(dm.audio_shape, dm.cond_shapes, **dims)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5, fused=fused)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5, fused=best)
     schedule = VAELossSchedule()
     age = torch.zeros((), dtype=torch.long)
     clients = [client_tensors(dm, spec) for spec in dm.clients]
@@ -368,7 +369,12 @@ def raw_train(
                     loss = (parts["mse"] + beta * parts["kl"] + sim * parts["cos"]).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 5.0)
+                    if best:
+                        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                        if norm > 5.0:
+                            torch.nn.utils.clip_grads_with_norm_(params, 5.0, norm)
+                    else:
+                        torch.nn.utils.clip_grad_norm_(params, 5.0)
                     opt.step()
                     samples += len(rows)
                 age += 1

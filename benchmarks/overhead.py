@@ -31,7 +31,7 @@ def run_contender(spec: dict) -> dict:
     dm = c.two_client_datamodule(spec)
     _ = dm.data
     if spec["name"] == RAW:
-        seconds, samples = c.raw_train(dm, dims, spec["rounds"], spec["local_epochs"], c.BATCH, fused=True)
+        seconds, samples = c.raw_train(dm, dims, spec["rounds"], spec["local_epochs"], c.BATCH, best=True)
     else:
         with tempfile.TemporaryDirectory() as root:
             module = c.module("UnifiedGenerator", dm, dims)

@@ -29,7 +29,7 @@ def run_contender(spec: dict) -> dict:
     dm = c.two_client_datamodule(spec)
     _ = dm.data
     if spec["name"] == "original (batch 1)":
-        seconds, samples = c.raw_train(dm, dims, 1, spec["local_epochs"], batch_size=1, fused=False)
+        seconds, samples = c.raw_train(dm, dims, 1, spec["local_epochs"], batch_size=1, best=False)
     else:
         with tempfile.TemporaryDirectory() as root:
             module = c.module("UnifiedGenerator", dm, dims)
