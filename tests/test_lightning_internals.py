@@ -3,6 +3,7 @@
 import inspect
 
 import lightning
+import pytest
 import torch
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
@@ -10,6 +11,7 @@ from lightning.pytorch.loops.utilities import _select_data_fetcher
 from lightning.pytorch.strategies import Strategy
 
 from a2vgen.data.clients import ClientSpec
+from a2vgen.federation import FederatedTrainer
 from a2vgen.modules import PerClassGenerator
 from conftest import module_for, small_datamodule
 from federation_helpers import federated_fit
@@ -38,7 +40,14 @@ def test_each_local_epoch_is_a_lightning_epoch_with_the_usual_hooks():
     batches = sum(1 for _ in dm.client("0").dataloader("train", ["dog"]))
     assert trainer.global_step == 2 * 3 * 2 * batches
     assert int(module.bank["dog"].age) == 2 * 3
-    assert torch.is_tensor(trainer.callback_metrics.get("loss"))
+
+
+@pytest.mark.parametrize("bar", [True, False], ids=["bar", "no-bar"])
+def test_step_loss_is_logged_only_for_a_progress_bar(bar):
+    dm = small_datamodule([ClientSpec("0", classes=["dog"])])
+    trainer = FederatedTrainer(logger=False, enable_checkpointing=False, enable_progress_bar=bar, max_rounds=1)
+    trainer.fit(module_for(PerClassGenerator, dm), datamodule=dm)
+    assert ("loss" in trainer.progress_bar_metrics) == bar
 
 
 def test_mixed_precision_runs_through_the_same_loop():

@@ -330,7 +330,10 @@ class BaseGeneratorModule(LightningModule):
         for key, values in stats.items():
             acc = self._visit_stats.setdefault(key, torch.zeros(len(values), device=loss.device))
             acc += torch.stack([v.to(acc.device) for v in values.values()])
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        if (
+            self._trainer is not None and self._trainer.progress_bar_callback is not None
+        ):  # ~1 ms a step: only for a bar
+            self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
