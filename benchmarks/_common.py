@@ -319,6 +319,15 @@ def timed_fit(trainer_, module_, dm, counter_out: list | None = None) -> tuple[f
     return time.perf_counter() - start, counter.samples
 
 
+def timed_unified_fit(dm, dims: dict, rounds: int, local_epochs: int, checkpoint: bool = True) -> tuple[float, float]:
+    """``timed_fit`` of a fresh shared ``UnifiedGenerator`` on ``dm`` in a throw-away run folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        trainer_ = trainer(root, max_rounds=rounds, local_epochs=local_epochs, checkpoint=checkpoint)
+        return timed_fit(trainer_, module("UnifiedGenerator", dm, dims), dm)
+
+
 def client_tensors(dm, spec) -> tuple:
     """``(audio, labels, cond)`` of a client's training samples (all its classes)."""
     data = dm.data

@@ -10,7 +10,6 @@ Target: full fit path >= 0.85x of the raw loop's samples/s.
 from __future__ import annotations
 
 import sys
-import tempfile
 
 import _common as c
 
@@ -33,12 +32,7 @@ def run_contender(spec: dict) -> dict:
     if spec["name"] == RAW:
         seconds, samples = c.raw_train(dm, dims, spec["rounds"], spec["local_epochs"], c.BATCH, best=True)
     else:
-        with tempfile.TemporaryDirectory() as root:
-            module = c.module("UnifiedGenerator", dm, dims)
-            trainer = c.trainer(
-                root, max_rounds=spec["rounds"], local_epochs=spec["local_epochs"], checkpoint=spec["name"] == FULL
-            )
-            seconds, samples = c.timed_fit(trainer, module, dm)
+        seconds, samples = c.timed_unified_fit(dm, dims, spec["rounds"], spec["local_epochs"], spec["name"] == FULL)
     return {"seconds": seconds, "samples": samples, "samples_per_s": samples / seconds}
 
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         ["contender", "keys", "sample-epochs", "seconds", "samples/s", "time vs unified", "runs"],
         rows,
     )
-    ratio = res[PC50]["seconds"] / res[UNIFIED]["seconds"]
+    ratio = unified / res[PC50]["samples_per_s"]
     print(f"target 50 keys <= {TARGET}x unified time: {ratio:.2f}x -> {c.verdict(ratio <= TARGET)}")
     return 0
 
