@@ -320,12 +320,13 @@ def timed_fit(trainer_, module_, dm, counter_out: list | None = None) -> tuple[f
 
 
 def timed_unified_fit(dm, dims: dict, rounds: int, local_epochs: int, checkpoint: bool = True) -> tuple[float, float]:
-    """``timed_fit`` of a fresh shared ``UnifiedGenerator`` on ``dm`` in a throw-away run folder."""
+    """``timed_fit`` of a fresh shared ``UnifiedGenerator`` (the original objective, the raw loops' math) on
+    ``dm`` in a throw-away run folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as root:
         trainer_ = trainer(root, max_rounds=rounds, local_epochs=local_epochs, checkpoint=checkpoint)
-        return timed_fit(trainer_, module("UnifiedGenerator", dm, dims), dm)
+        return timed_fit(trainer_, module("UnifiedGenerator", dm, dims, objective="original"), dm)
 
 
 def client_tensors(dm, spec) -> tuple:
@@ -373,7 +374,7 @@ def raw_train(
                     a = audio[rows]
                     classes, index = labels[rows].unique(return_inverse=True)  # encode each class once
                     noisy = a + 0.1 * torch.randn_like(a)
-                    recon, mu, logvar = net(a, [t[classes] for t in cond], encoder_input=noisy, cond_index=index)
+                    recon, mu, logvar, _ = net(a, [t[classes] for t in cond], encoder_input=noisy, cond_index=index)
                     parts = vae_loss_terms(recon, a, mu, logvar)
                     loss = (parts["mse"] + beta * parts["kl"] + sim * parts["cos"]).mean()
                     opt.zero_grad(set_to_none=True)

@@ -24,7 +24,7 @@ class A2VGenCLI(LightningCLI):
     trained exactly when the run is not generator-only (full mode)."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        for name in ("classes", "audio_shape", "cond_shapes", "class_cond"):
+        for name in ("classes", "audio_shape", "cond_shapes", "class_cond", "audio_stats"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
 

@@ -126,6 +126,7 @@ class FederatedDataModule(LightningDataModule):
         self.overlap = overlap
         self.seed = seed
         self._data: EmbeddingSet | None = None
+        self._audio_stats: list[torch.Tensor] | None = None
         self._clients: dict[str, ClientDataModule] | None = None
 
     # ------------------------------------------------------------------ data and its shape
@@ -194,6 +195,25 @@ class FederatedDataModule(LightningDataModule):
     @property
     def class_cond(self) -> list[torch.Tensor]:
         return self.data.cond
+
+    @property
+    def audio_stats(self) -> list[torch.Tensor]:
+        """Per-class statistics of the training audio: ``[count [C], mean [C, L, D], var [C, L, D]]``.
+
+        The generators standardize their targets with them (see ``BaseGeneratorModule``). Computed once,
+        in float64, over every client's training samples.
+        """
+        if self._audio_stats is None:
+            data = self.data
+            idx = data.split_indices("train")
+            audio, labels = data.audio[idx].double(), data.labels[idx]
+            count = torch.bincount(labels, minlength=len(data.classes)).double()
+            total = torch.zeros(len(data.classes), *audio.shape[1:], dtype=torch.float64).index_add_(0, labels, audio)
+            mean = total / count.clamp_min(1).view(-1, 1, 1)
+            dev = (audio - mean[labels]).square()
+            var = torch.zeros_like(mean).index_add_(0, labels, dev) / count.clamp_min(1).view(-1, 1, 1)
+            self._audio_stats = [count.float(), mean.float(), var.float()]
+        return self._audio_stats
 
     # ------------------------------------------------------------------ partitions
     def partition(self) -> dict[str, dict[str, torch.Tensor]]:

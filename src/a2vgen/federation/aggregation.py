@@ -8,19 +8,25 @@ from torch import nn
 from a2vgen.modules.bank import GeneratorBank
 
 
+def _float_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and floating-point buffers (e.g. a calibrated decoder variance), by name."""
+    return {name: t for name, t in module.state_dict(keep_vars=True).items() if t.is_floating_point()}
+
+
 @torch.no_grad()
 def weighted_average(sources: list[tuple[nn.Module, float]], targets: list[nn.Module]) -> None:
-    """Write the ``weight``-weighted average of the sources' parameters into every target module."""
+    """Write the ``weight``-weighted average of the sources' parameters and floating-point buffers into
+    every target module (integer and boolean buffers, such as ages, are left alone)."""
     total = sum(n for _, n in sources)
     if total <= 0:
         return
-    params = [dict(module.named_parameters()) for module, _ in sources]
+    states = [_float_state(module) for module, _ in sources]
     averaged = {
-        name: sum(p[name].detach().double() * (n / total) for p, (_, n) in zip(params, sources)) for name in params[0]
+        name: sum(s[name].detach().double() * (n / total) for s, (_, n) in zip(states, sources)) for name in states[0]
     }
     for module in targets:
-        for name, p in module.named_parameters():
-            p.copy_(averaged[name].to(p.dtype))
+        for name, t in _float_state(module).items():
+            t.copy_(averaged[name].to(t.dtype))
 
 
 @torch.no_grad()

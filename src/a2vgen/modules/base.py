@@ -6,6 +6,7 @@ import copy
 import hashlib
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -14,7 +15,7 @@ from torch import nn
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
 from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
-from a2vgen.nn.loss import VAELossSchedule, vae_loss_terms
+from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,24 @@ class BaseGeneratorModule(LightningModule):
             ``[[512, 4096], [768]]`` (FLUX); ``[]`` trains unconditioned VAEs.
         class_cond: optional per-class conditioning tensors (``[C, *shape]`` each), kept as buffers so
             that :meth:`sample` works from a checkpoint alone.
+        audio_stats: optional per-class training-audio statistics ``[count [C], mean [C, L, D],
+            var [C, L, D]]`` (linked from the data). Each generator standardizes its audio with the
+            statistics of the classes it serves, and its conditioning across the class set; buffers of
+            the network, so they follow it through sharing, FedAvg, reset, checkpoints and exports.
         hidden_dim, latent_dim, cond_width: network sizes.
         lr, weight_decay: AdamW settings.
         input_noise: std of Gaussian noise added to the encoder input only (denoising VAE).
         grad_clip: gradient-norm clip, applied to each generator on its own.
+        objective: ``"elbo"`` (default): a Gaussian-decoder ELBO with a calibrated per-element decoder
+            variance, KL summed over latent dimensions with weight ``kl_weight``, on standardized audio;
+            samples carry the decoder's residual noise. ``"original"``: the original system's
+            ``MSE + β·KL + w·(1 − cos)`` on raw audio (no standardization, no sampling noise), which
+            collapses to the class mean on small classes; kept to reproduce it.
+        kl_weight: weight of the KL term of the ``elbo`` objective (after warm-up).
+        min_noise_var: floor of the calibrated decoder variance, in standardized units.
         beta_max, beta_warmup_epochs, sim_weight_start, sim_weight_end, sim_decay_epochs: loss schedule
-            (SPEC §2), following each generator's own age.
+            (SPEC §2), following each generator's own age; ``beta_warmup_epochs`` also warms up the
+            ``elbo`` objective's KL weight, the others apply to ``original`` only.
         seed: run seed; each key's initialisation derives from ``(seed, key)``.
         train_adapter: also train an audio→prompt adapter on the same batches (full mode; linked from
             ``trainer.generator_only`` by the CLI), mapping audio embeddings to the conditioning space.
@@ -67,6 +80,7 @@ class BaseGeneratorModule(LightningModule):
         audio_shape: list[int] | None = None,
         cond_shapes: list[list[int]] | None = None,
         class_cond: list[torch.Tensor] | None = None,
+        audio_stats: list[torch.Tensor] | None = None,
         hidden_dim: int = 1024,
         latent_dim: int = 256,
         cond_width: int = 128,
@@ -74,6 +88,9 @@ class BaseGeneratorModule(LightningModule):
         weight_decay: float = 1e-5,
         input_noise: float = 0.1,
         grad_clip: float = 5.0,
+        objective: Literal["elbo", "original"] = "elbo",
+        kl_weight: float = 1.0,
+        min_noise_var: float = 1e-3,
         beta_max: float = 0.01,
         beta_warmup_epochs: int = 5,
         sim_weight_start: float = 0.1,
@@ -86,7 +103,9 @@ class BaseGeneratorModule(LightningModule):
         adapter_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["class_cond"])
+        self.save_hyperparameters(ignore=["class_cond", "audio_stats"])
+        if objective not in ("elbo", "original"):
+            raise ValueError(f"objective must be 'elbo' or 'original', got {objective!r}")
         if not classes:
             raise ValueError(f"{type(self).__name__} needs the list of classes (got {classes!r})")
         self.classes = list(classes)
@@ -100,8 +119,9 @@ class BaseGeneratorModule(LightningModule):
             if "." in key or not key:
                 raise ValueError(f"generator key {key!r} must be a non-empty name without '.'")
         self.generator_keys = list(dict.fromkeys(self.class_to_key[c] for c in self.classes))
-        self.bank = self.build_bank(self.generator_keys)
         self._register_class_cond(class_cond)
+        self._register_audio_stats(audio_stats)
+        self.bank = self.build_bank(self.generator_keys)
         self._stepped_keys: list[str] = []
         self._epoch_keys: set[str] = set()
         self._visit_stats: dict[str, torch.Tensor] = {}
@@ -114,8 +134,10 @@ class BaseGeneratorModule(LightningModule):
     def build_network(self, key: str) -> nn.Module:
         """The network of generator ``key`` (called under a seed derived from ``(seed, key)``).
 
-        It must provide ``forward(x, cond, encoder_input=None) -> (recon, mu, logvar)`` and
-        ``sample(n, cond, generator=None)``, like :class:`~a2vgen.nn.cvae.ConditionalVAE`.
+        It must provide ``forward(x, cond, encoder_input=None, cond_index=None)`` (whatever
+        :meth:`compute_loss` needs) and ``sample(n, cond, generator=None, cond_index=None)``, like
+        :class:`~a2vgen.nn.cvae.ConditionalVAE`. A network with ``set_statistics(audio_mean, audio_std,
+        class_cond)`` gets its key's audio statistics and the class conditioning right after it is built.
         """
         hp = self.hparams
         return ConditionalVAE(self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width)
@@ -137,14 +159,23 @@ class BaseGeneratorModule(LightningModule):
 
         ``cond`` is per sample, or (with ``cond_index``) distinct rows picked per sample.
         """
+        hp = self.hparams
         noisy = None
-        if self.training and self.hparams.input_noise > 0:
-            noisy = audio + self.hparams.input_noise * torch.randn_like(audio)
-        recon, mu, logvar = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
-        parts = vae_loss_terms(recon, audio, mu, logvar)
-        parts["loss"] = (
-            parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
-        )
+        if self.training and hp.input_noise > 0:
+            noisy = audio + hp.input_noise * torch.randn_like(audio)
+        recon, mu, logvar, target = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
+        if hp.objective == "original":
+            parts = vae_loss_terms(recon, target, mu, logvar)
+            parts["loss"] = (
+                parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
+            )
+            return parts
+        parts, var = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var)
+        if self.training:
+            net.noise_var.copy_(var if not bool(net.noise_var.any()) else net.noise_var.lerp(var, 0.1))
+        kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
+        parts["loss"] = (parts["nll"] + kl_weight * parts["kl"]) / target[0].numel()
+        parts["cos"] = 1 - torch.nn.functional.cosine_similarity(recon, target, dim=-1).mean(dim=1)
         return parts
 
     # ------------------------------------------------------------------ keys and banks
@@ -164,8 +195,22 @@ class BaseGeneratorModule(LightningModule):
         """A freshly initialised generator for ``key``: same weights whenever it is built."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(key_seed(self.hparams.seed, key))
-            slot = GeneratorSlot(self.build_network(key), len(self.classes))
-        return slot
+            net = self.build_network(key)
+        if self.hparams.objective != "original" and hasattr(net, "set_statistics"):
+            net.set_statistics(*self.key_statistics(key), self.class_cond_tensors())
+        return GeneratorSlot(net, len(self.classes))
+
+    def key_statistics(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std ``[L, D]`` of the training audio of the classes that ``key`` serves (pooled by
+        sample count); ``(0, 1)`` when no statistics were given."""
+        members = torch.tensor([self.class_to_key[c] == key for c in self.classes])
+        count = self.audio_count * members
+        if not bool(count.sum() > 0):
+            return torch.zeros(self.audio_shape), torch.ones(self.audio_shape)
+        w = (count / count.sum()).double().view(-1, 1, 1)
+        mean = (w * self.audio_mean.double()).sum(0)
+        var = (w * (self.audio_var.double() + (self.audio_mean.double() - mean).square())).sum(0)
+        return mean.float(), var.sqrt().float()
 
     def build_bank(self, keys: list[str]) -> GeneratorBank:
         """A bank of fresh generators for ``keys`` (all of them for shared training, or a client's)."""
@@ -227,7 +272,25 @@ class BaseGeneratorModule(LightningModule):
                     optimizer.state.pop(p, None)
         return keys
 
-    # ------------------------------------------------------------------ conditioning buffers
+    # ------------------------------------------------------------------ conditioning and statistics buffers
+    def _register_audio_stats(self, audio_stats: list[torch.Tensor] | None) -> None:
+        num, shape = len(self.classes), self.audio_shape
+        if audio_stats is None:
+            audio_stats = [torch.zeros(num), torch.zeros(num, *shape), torch.ones(num, *shape)]
+        count, mean, var = (t.detach().float() for t in audio_stats)
+        if list(count.shape) != [num] or list(mean.shape) != [num, *shape] or list(var.shape) != [num, *shape]:
+            raise ValueError(
+                f"audio_stats must be [count [{num}], mean {[num, *shape]}, var {[num, *shape]}], got "
+                f"{[list(t.shape) for t in audio_stats]}"
+            )
+        self.register_buffer("audio_count", count)
+        self.register_buffer("audio_mean", mean)
+        self.register_buffer("audio_var", var)
+
+    def class_cond_tensors(self) -> list[torch.Tensor]:
+        """The stored conditioning of every class, ``[C, *shape]`` per conditioning tensor."""
+        return [getattr(self, f"class_cond_{i}") for i in range(len(self.cond_shapes))]
+
     def _register_class_cond(self, class_cond: list[torch.Tensor] | None) -> None:
         num = len(self.classes)
         for i, shape in enumerate(self.cond_shapes):

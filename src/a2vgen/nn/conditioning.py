@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from a2vgen.nn.standardize import Standardizer
+
 
 class AttentionPool(nn.Module):
     """Project token states ``[B, S, D]`` to ``width`` and pool them with a learned query."""
@@ -27,6 +29,11 @@ class ConditionEncoder(nn.Module):
     states (CLIP for Stable Diffusion, T5 for FLUX; any ``S``) are projected and attention-pooled,
     ``[D]`` vectors (FLUX's pooled CLIP) are projected. The projection keeps wide encoders (T5's 4096)
     from inflating the generator.
+
+    Each input is first standardized per element with statistics over the class set (see
+    :meth:`set_statistics`): prompts of one template differ in a few tokens only (a few percent of the
+    embedding's energy), and standardizing across classes turns those differences into unit-scale
+    inputs. An unseen prompt goes through the same statistics.
     """
 
     def __init__(self, cond_shapes: list[list[int]], width: int = 128) -> None:
@@ -42,6 +49,7 @@ class ConditionEncoder(nn.Module):
             else:
                 raise ValueError(f"conditioning shape must be [S, D] or [D], got {list(shape)}")
         self.cond_shapes = [list(s) for s in cond_shapes]
+        self.standardize = nn.ModuleList(Standardizer(shape) for shape in self.cond_shapes)
         self.branches = nn.ModuleList(branches)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width * len(branches), width))
         self.width = width
@@ -49,4 +57,14 @@ class ConditionEncoder(nn.Module):
     def forward(self, cond: list[torch.Tensor]) -> torch.Tensor:
         if len(cond) != len(self.branches):
             raise ValueError(f"expected {len(self.branches)} conditioning tensors, got {len(cond)}")
-        return self.out(torch.cat([branch(c) for branch, c in zip(self.branches, cond)], dim=-1))
+        parts = [branch(norm(c)) for branch, norm, c in zip(self.branches, self.standardize, cond)]
+        return self.out(torch.cat(parts, dim=-1))
+
+    def set_statistics(self, class_cond: list[torch.Tensor]) -> None:
+        """Standardize each input with the mean and std over the rows of ``class_cond`` (``[C, *shape]``;
+        with one class only the mean is removed). Elements that vary across classes less than a tenth of
+        the average stay damped, so that an unseen prompt's new tokens are not blown up."""
+        for norm, rows in zip(self.standardize, class_cond):
+            rows = rows.double()
+            std = rows.std(0) if rows.shape[0] > 1 else torch.ones_like(rows[0])
+            norm.set_statistics(rows.mean(0).float(), std.float(), floor=0.1)

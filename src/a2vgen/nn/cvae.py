@@ -9,12 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2vgen.nn.conditioning import ConditionEncoder
+from a2vgen.nn.standardize import Standardizer
 
 
 class VAEOutput(NamedTuple):
+    """``recon`` and ``target`` are in the standardized space (see :class:`ConditionalVAE`)."""
+
     recon: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
+    target: torch.Tensor
 
 
 class ConditionedLinear(nn.Module):
@@ -65,6 +69,12 @@ class ConditionalVAE(nn.Module):
     ``cond_shapes`` lists the per-sample shapes of the conditioning tensors (see
     :class:`~a2vgen.nn.conditioning.ConditionEncoder`); an empty list gives an unconditioned VAE whose
     ``forward``/``sample`` ignore ``cond``.
+
+    The VAE works on standardized audio (``audio_norm``, per element; identity until
+    :meth:`set_statistics`) and keeps ``noise_var``, the per-element variance of its decoder's residual
+    (a buffer that a calibrated loss updates; zero otherwise). :meth:`sample` decodes ``z ~ N(0, I)``,
+    adds that residual noise and undoes the standardization, so samples carry the spread the latent
+    does not explain instead of only the decoder's mean.
     """
 
     def __init__(
@@ -80,6 +90,8 @@ class ConditionalVAE(nn.Module):
         self.latent_dim = latent_dim
         flat = self.audio_shape[0] * self.audio_shape[1]
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
+        self.audio_norm = Standardizer(self.audio_shape)
+        self.register_buffer("noise_var", torch.zeros(self.audio_shape))
         c = cond_width if cond_shapes else 0
         self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
         self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
@@ -87,6 +99,15 @@ class ConditionalVAE(nn.Module):
     @property
     def conditional(self) -> bool:
         return self.cond_encoder is not None
+
+    def set_statistics(
+        self, audio_mean: torch.Tensor, audio_std: torch.Tensor, class_cond: list[torch.Tensor] | None = None
+    ) -> None:
+        """Standardize audio with ``audio_mean``/``audio_std`` (``[L, D]``) and the conditioning with the
+        statistics of ``class_cond`` (per-class rows ``[C, *shape]``)."""
+        self.audio_norm.set_statistics(audio_mean, audio_std)
+        if self.cond_encoder is not None and class_cond is not None:
+            self.cond_encoder.set_statistics(class_cond)
 
     def condition(self, cond: list[torch.Tensor] | None, cond_index: torch.Tensor | None = None) -> torch.Tensor | None:
         """Conditioning vectors per sample (``None`` for an unconditioned VAE).
@@ -108,7 +129,7 @@ class ConditionalVAE(nn.Module):
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """Audio tokens ``[B, L, D]`` for latents ``z`` given conditioning vectors ``c``."""
+        """Standardized audio tokens ``[B, L, D]`` (the decoder's mean) for latents ``z`` given ``c``."""
         return self.decoder(z, c).view(z.shape[0], *self.audio_shape)
 
     def forward(
@@ -121,11 +142,12 @@ class ConditionalVAE(nn.Module):
     ) -> VAEOutput:
         """Reconstruct ``x``; ``encoder_input`` (e.g. a noised ``x``) replaces ``x`` for the encoder only."""
         c = self.condition(cond, cond_index)
-        mu, logvar = self.encode(x if encoder_input is None else encoder_input, c)
+        target = self.audio_norm(x)
+        mu, logvar = self.encode(target if encoder_input is None else self.audio_norm(encoder_input), c)
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
-        return VAEOutput(self.decode(z, c), mu, logvar)
+        return VAEOutput(self.decode(z, c), mu, logvar, target)
 
     @torch.no_grad()
     def sample(
@@ -140,4 +162,8 @@ class ConditionalVAE(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         if cond is not None and cond_index is None and cond[0].shape[0] == 1:
             cond_index = torch.zeros(n, dtype=torch.long, device=device)
-        return self.decode(z, self.condition(cond, cond_index))
+        out = self.decode(z, self.condition(cond, cond_index))
+        if bool(self.noise_var.any()):
+            noise = torch.randn(out.shape, generator=generator, device=device, dtype=out.dtype)
+            out = out + noise * self.noise_var.sqrt()
+        return self.audio_norm.inverse(out)

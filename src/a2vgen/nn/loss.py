@@ -1,6 +1,9 @@
-"""The generator loss: ``MSE + β·KL + w·(1 − cos)``, scheduled by the generator's age in epochs."""
+"""Generator losses: a calibrated Gaussian ELBO (the default) and the original system's
+``MSE + β·KL + w·(1 − cos)``, both scheduled by the generator's age in epochs."""
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 
@@ -35,3 +38,25 @@ def vae_loss_terms(
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=1)
     cos = 1 - F.cosine_similarity(recon, target, dim=-1).mean(dim=1)
     return {"mse": mse, "kl": kl, "cos": cos}
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_elbo_terms(
+    recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, min_var: float = 1e-3
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-sample parts of a Gaussian-decoder ELBO with a calibrated decoder variance.
+
+    The decoder variance of each element is its residual variance over the batch (detached): the
+    maximum-likelihood value for the current decoder (σ-VAE, Rybkin et al. 2021), floored at ``min_var``.
+    The reconstruction is then weighed against the KL at its true scale, which keeps the latent in use
+    where an element-mean MSE with a small β lets it collapse to the prior. Returns ``nll`` (summed over
+    elements), ``kl`` (summed over latent dimensions), ``mse`` (element mean, for reading), each ``[B]``,
+    and the per-element variance used (``target``'s shape without the batch axis).
+    """
+    sq = (recon - target).pow(2)
+    var = sq.detach().mean(0).clamp_min(min_var)
+    nll = 0.5 * (sq / var + var.log() + LOG_2PI).flatten(1).sum(1)
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1)
+    return {"nll": nll, "kl": kl, "mse": sq.flatten(1).mean(1)}, var
