@@ -12,7 +12,7 @@ from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
 from a2vgen.callbacks.evaluation import GeneratorEvaluation
 from a2vgen.data.clients import ClientSpec
 from a2vgen.federation import FederatedTrainer
-from a2vgen.metrics import evaluate_generators
+from a2vgen.metrics.quality import evaluate_classes, features, fit_probe
 from a2vgen.modules import PerClassGenerator
 from a2vgen.report import read_training_log, report_command, reset_steps
 from conftest import module_for, small_datamodule
@@ -53,9 +53,13 @@ def test_evaluation_json_has_per_class_scores_for_every_evaluated_round(run):
     assert set(records[0]["per_class"]) == {"dog", "rain", "sea_waves"}  # rooster is not held before round 3
     assert set(records[1]["per_class"]) == {"dog", "rain", "sea_waves", "rooster"}
     for scores in records[1]["per_class"].values():
-        for metric in ("synthetic_accuracy", "real_accuracy", "kid", "coverage", "recall", "centroid_cosine"):
+        for metric in (
+            "fd_ratio", "centroid_fd_ratio", "diversity_ratio", "recall", "memorization_ratio",
+            "synthetic_accuracy", "real_accuracy", "tstr_accuracy",
+        ):  # fmt: skip
             assert math.isfinite(scores[metric])
-    assert {"frechet", "frechet_baseline", "synthetic_accuracy"} <= set(records[1]["summary"])
+    assert {"fd_ratio", "centroid_fd_ratio", "min_diversity_ratio", "probe_ratio"} <= set(records[1]["summary"])
+    assert content["lead"][:2] == ["fd_ratio", "centroid_fd_ratio"]
     assert all(r["seconds"] > 0 and r["train_seconds"] > 0 for r in records)
     assert [p[0] for p in content["history"]["synthetic_accuracy"]["dog"]] == [2, 3]
     assert set(content["forgetting"]["synthetic_accuracy"]) == {"dog", "rain", "sea_waves", "rooster"}
@@ -68,18 +72,20 @@ def test_evaluation_json_has_per_class_scores_for_every_evaluated_round(run):
         assert len(points["real"]) == 4 and len(points["synthetic"]) == 16 and len(points["real"][0]) == 2
 
 
-def test_final_scores_match_evaluate_generators_with_its_own_probe(run):
+def test_final_scores_match_evaluate_classes_with_a_probe_on_all_training_clips(run):
     trainer, dm, evaluation = run
     data, module = dm.data, trainer.lightning_module
     real = {c: data.audio[evaluation.real_indices[c]] for c in data.classes if c in evaluation.records[-1]["per_class"]}
     train_idx = data.split_indices("train")
     train = {c: data.audio[train_idx[data.labels[train_idx] == i]] for i, c in enumerate(data.classes)}
+    probe = fit_probe({c: features(x) for c, x in train.items()}, {c: i for i, c in enumerate(data.classes)})
     gen = torch.Generator().manual_seed(0)
-    expected = evaluate_generators(real, lambda c, n: module.sample(c, n, generator=gen), 16, train)
-    got = evaluation.records[-1]
-    for name, value in expected.items():
-        metric, _, cls = name.partition("/")
-        assert (got["per_class"][cls][metric] if cls else got["summary"][metric]) == pytest.approx(value, rel=1e-6)
+    sample = lambda c, n: module.sample(c, n, generator=gen)  # noqa: E731
+    expected = evaluate_classes(train, real, sample, 16, probe=probe, label_order=data.classes)
+    got = evaluation.records[-1]["per_class"]
+    for cls, scores in expected.items():
+        for metric, value in scores.items():
+            assert got[cls][metric] == pytest.approx(value, rel=1e-6), (cls, metric)
 
 
 def test_metrics_reach_the_csv_logger(run):
@@ -87,9 +93,9 @@ def test_metrics_reach_the_csv_logger(run):
     with open(f"{trainer.log_dir}/metrics.csv") as f:
         header = f.readline().strip().split(",")
         rows = f.readlines()
-    for column in ("eval/synthetic_accuracy/dog", "eval/coverage/rooster", "eval/frechet", "eval/seconds"):
+    for column in ("eval/synthetic_accuracy/dog", "eval/diversity_ratio/rooster", "eval/fd_ratio", "eval/seconds"):
         assert column in header
-    col = header.index("eval/frechet_baseline")
+    col = header.index("eval/centroid_fd_ratio")
     assert len([r for r in rows if r.split(",")[col]]) == 2
 
 
@@ -117,10 +123,10 @@ def test_history_survives_resume_from_checkpoint(run, tmp_path):
 
 
 def test_independent_generators_are_scored_per_client(tmp_path):
-    evaluation = GeneratorEvaluation(num_samples=8, probe=False)
+    evaluation = GeneratorEvaluation(num_samples=8)
     fit(tmp_path, evaluation, max_rounds=1, shared_generators=False)
     assert set(evaluation.records[0]["per_class"]) == {"dog@0", "rain@0", "sea_waves@1", "dog@1"}
-    assert {"frechet@0", "frechet@1"} <= set(evaluation.records[0]["summary"])
+    assert {"fd_ratio@0", "fd_ratio@1"} <= set(evaluation.records[0]["summary"])
 
 
 class SpyWandbLogger(WandbLogger):
@@ -158,8 +164,8 @@ def test_report_writes_plots_and_a_page_that_shows_them(run, tmp_path):
     assert sorted(reset_steps(content["losses"], content["resets"])) == sorted(resets)  # the callback's copy agrees
     report_command([trainer.log_dir, "--out", str(tmp_path / "report")])
     page = (tmp_path / "report" / "report.html").read_text()
-    for name in ("losses.png", "pca.png", "heatmap_synthetic_accuracy.png", "heatmap_coverage.png"):
+    for name in ("losses.png", "pca.png", "heatmap_synthetic_accuracy.png", "heatmap_fd_ratio.png"):
         png = tmp_path / "report" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
         assert f'src="{name}"' in page
-    assert "rooster" in page and "frechet_baseline" in page and "seen classes" in page
+    assert "rooster" in page and "centroid_fd_ratio" in page and "seen classes" in page

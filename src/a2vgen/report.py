@@ -20,10 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-HEATMAP_METRICS = ("synthetic_accuracy", "coverage")
+HEATMAP_METRICS = ("fd_ratio", "diversity_ratio", "synthetic_accuracy")
 TABLE_METRICS = (
-    "synthetic_accuracy", "real_accuracy", "kid", "precision", "recall", "density", "coverage",
-    "centroid_cosine", "diversity_ratio",
+    "fd_ratio", "centroid_fd_ratio", "diversity_ratio", "recall", "memorization_ratio",
+    "synthetic_accuracy", "real_accuracy", "tstr_accuracy",
 )  # fmt: skip
 
 Visits = Sequence[Mapping]  # {"step", "round", "losses": {key: loss}} per client visit
@@ -104,7 +104,7 @@ def plot_heatmap(history: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
     for i, label in enumerate(labels):
         for r, value in per_class[label]:
             grid[i, rounds.index(int(r))] = value
-    bounded = metric in ("synthetic_accuracy", "real_accuracy", "precision", "recall", "coverage")
+    bounded = metric in ("synthetic_accuracy", "real_accuracy", "tstr_accuracy", "recall")
     fig = Figure(figsize=(1.6 + 0.7 * len(rounds), 1.2 + 0.35 * len(labels)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None)

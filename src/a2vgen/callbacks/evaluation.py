@@ -16,15 +16,27 @@ from torch import Tensor
 
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.data.embeddings import EmbeddingSet
-from a2vgen.metrics import LinearProbe, evaluate_generators, fit_linear_probe, forgetting
+from a2vgen.metrics import LinearProbe, forgetting
 from a2vgen.metrics.functional import pca_projection
+from a2vgen.metrics.quality import (
+    COLLAPSE_DIVERSITY,
+    MIN_HELD,
+    evaluate_classes,
+    features,
+    fit_probe,
+    frechet_ratio,
+    reference_samplers,
+    summarize,
+)
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule
 
 log = logging.getLogger(__name__)
 
 #: per-class scores whose forgetting is tracked, with whether higher is better
-FORGETTING_METRICS = {"synthetic_accuracy": True, "coverage": True, "kid": False}
+FORGETTING_METRICS = {"fd_ratio": False, "synthetic_accuracy": True}
+#: the scores a reader should look at first (ideal 1; the centroid's FD ratio is the collapse floor)
+LEAD_SCORES = ("fd_ratio", "centroid_fd_ratio", "diversity_ratio", "recall", "memorization_ratio")
 
 
 class GeneratorEvaluation(Callback):
@@ -36,6 +48,15 @@ class GeneratorEvaluation(Callback):
     score the server's generators; independent runs without aggregation score each client's generators
     on the classes that client has held, labelled ``<class>@<client>``.
 
+    The scores lead with what a collapsed or copying generator cannot pass (see
+    :mod:`a2vgen.metrics.quality`): per-class ``fd_ratio`` (Fréchet distance to the held-out clips over
+    that of the training clips, at equal n) beside ``centroid_fd_ratio`` (the same for a generator that
+    returns the class mean), ``diversity_ratio``, ``recall`` and ``memorization_ratio``; then the probe's
+    ``synthetic_accuracy`` / ``real_accuracy`` and ``tstr_accuracy`` (a probe trained on synthetic samples
+    only, tested on real ones). A warning is logged for every class whose diversity ratio is below 0.3
+    (collapse), for generators whose samples a probe that recognises real clips puts near chance
+    (conditioning ignored), and for classes with too few held-out samples to judge.
+
     Every evaluation logs ``eval/<metric>[/<label>]`` to every logger (a per-class table on W&B, plus the
     report plots) and rewrites ``<dirpath>/evaluation.json`` (atomically) with one record per evaluated
     round (per-class and pooled scores, evaluation and training seconds), the per-class history, each
@@ -46,9 +67,7 @@ class GeneratorEvaluation(Callback):
         every_n_rounds: evaluate every ``k`` rounds (and after the final round).
         num_samples: synthetic samples per class.
         split: held-out split of the real embeddings (``val`` or ``test``).
-        k: neighbours of precision/recall/density/coverage.
-        pca_dim: PCA dimensions of the pooled Fréchet distance (``None``: all).
-        probe: add the linear-probe synthetic and real accuracies.
+        pooling: features compared: ``mean`` (audio tokens averaged) or ``flat`` (all tokens).
         seed: seed of the synthetic samples (the same noise every round, so rounds compare generators).
         pca_classes: classes drawn in the PCA plot (the first evaluated ones).
         pca_points: real and synthetic points per class in the PCA plot.
@@ -62,9 +81,7 @@ class GeneratorEvaluation(Callback):
         every_n_rounds: int = 1,
         num_samples: int = 64,
         split: str = "val",
-        k: int = 5,
-        pca_dim: int | None = 32,
-        probe: bool = True,
+        pooling: str = "mean",
         seed: int = 0,
         pca_classes: int = 4,
         pca_points: int = 32,
@@ -76,7 +93,9 @@ class GeneratorEvaluation(Callback):
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test' (held-out data), got {split!r}")
         self.every_n_rounds, self.num_samples, self.split = every_n_rounds, num_samples, split
-        self.k, self.pca_dim, self.probe, self.seed = k, pca_dim, probe, seed
+        if pooling not in ("mean", "flat"):
+            raise ValueError(f"pooling must be 'mean' or 'flat', got {pooling!r}")
+        self.pooling, self.seed = pooling, seed
         self.pca_classes, self.pca_points, self.threads = pca_classes, pca_points, threads
         self.dirpath = dirpath
         self.records: list[dict] = []
@@ -114,11 +133,14 @@ class GeneratorEvaluation(Callback):
         self.records.append(record)
         self._log(trainer, record)
         path = self.write(trainer)
+        summary = record["summary"]
         log.info(
-            "round %d: evaluated %d classes in %.2fs (training %.2fs): synthetic accuracy %s, FD %.4g (baseline %.4g)",
-            round, len(record["per_class"]), record["seconds"], train_seconds,
-            _fmt(record["summary"].get("synthetic_accuracy")), record["summary"].get("frechet", float("nan")),
-            record["summary"].get("frechet_baseline", float("nan")),
+            "round %d: %d classes vs held-out clips (ideal 1): FD ratio %s (centroid %s), diversity %s "
+            "(min %s), recall %s, memorization %s, probe %s; evaluated in %.2fs (training %.2fs)",
+            round, len(record["per_class"]), _fmt(summary.get("fd_ratio")), _fmt(summary.get("centroid_fd_ratio")),
+            _fmt(summary.get("diversity_ratio")), _fmt(summary.get("min_diversity_ratio")),
+            _fmt(summary.get("recall")), _fmt(summary.get("memorization_ratio")), _fmt(summary.get("probe_ratio")),
+            record["seconds"], train_seconds,
         )  # fmt: skip
         log.debug("evaluation written to %s", path)
 
@@ -137,26 +159,53 @@ class GeneratorEvaluation(Callback):
             banks = loop.generators.banks()
             targets = {cid: (banks[cid], [c for c in data.classes if c in held[cid]]) for cid in held if held[cid]}
         real = self._real(data, [c for _, classes in targets.values() for c in classes])
+        train = self._train(data, list(real))
+        if self._linear_probe is None:
+            labels = {c: i for i, c in enumerate(data.classes)}
+            self._linear_probe = fit_probe({c: features(x, self.pooling) for c, x in self._train(data).items()}, labels)
         per_class, summary, fakes = {}, {}, {}
         for cid, (bank, classes) in targets.items():
             classes = [c for c in classes if c in real]
+            if not classes:
+                continue
             sample = self._sampler(module, bank, cid, fakes)
             was_training = bank.training
             bank.eval()  # networks with dropout or batch norm sample in inference mode
-            results = evaluate_generators(
-                {c: real[c] for c in classes}, sample, self.num_samples, None, self.k, self.pca_dim
-            )
+            scores = evaluate_classes(
+                {c: train[c] for c in classes}, {c: real[c] for c in classes}, sample, self.num_samples,
+                self.pooling, self._linear_probe, self.seed, data.classes,
+            )  # fmt: skip
             bank.train(was_training)
-            if self.probe:
-                results.update(self._probe_accuracy(data, {c: real[c] for c in classes}, fakes, cid))
-            for name, value in results.items():
-                metric, _, cls = name.partition("/")
-                if cls:
-                    per_class.setdefault(_label(cls, cid), {})[metric] = value
-                else:
-                    summary[metric if cid is None else f"{metric}@{cid}"] = value
+            for cls, values in scores.items():
+                centroid = reference_samplers(features(train[cls], self.pooling))["centroid"]
+                values["centroid_fd_ratio"] = frechet_ratio(
+                    features(train[cls], self.pooling), features(real[cls], self.pooling), centroid(self.num_samples)
+                )["fd_ratio"]
+                per_class[_label(cls, cid)] = values
+            for name, value in summarize(scores, len(data.classes)).items():
+                summary[name if cid is None else f"{name}@{cid}"] = value
+        self._warn(per_class, summary, round)
         self._update_pca(real, fakes, round)
         return {"round": round, "step": loop.visits, "per_class": per_class, "summary": summary}
+
+    def _warn(self, per_class: dict[str, dict], summary: dict[str, float], round: int) -> None:
+        """Log a warning per collapsed class and per generator set that ignores its conditioning."""
+        collapsed = {c: s["diversity_ratio"] for c, s in per_class.items() if s["diversity_ratio"] < COLLAPSE_DIVERSITY}
+        if collapsed:
+            log.warning(
+                "round %d: generators of %s collapse (diversity ratio %s < %.1f: samples have little spread; "
+                "the original objective does this on small classes)",
+                round, sorted(collapsed), [round(v, 3) for v in collapsed.values()], COLLAPSE_DIVERSITY,
+            )  # fmt: skip
+        for name, value in summary.items():
+            if name.startswith("ignores_conditioning") and value:
+                log.warning(
+                    "round %d: synthetic samples%s are near chance for a probe that recognises real clips "
+                    "(synthetic accuracy %.2f vs real %.2f): the generators ignore their conditioning",
+                    round, name.partition("@")[1] + name.partition("@")[2],
+                    summary[name.replace("ignores_conditioning", "synthetic_accuracy")],
+                    summary[name.replace("ignores_conditioning", "real_accuracy")],
+                )  # fmt: skip
 
     def _sampler(
         self, module: BaseGeneratorModule, bank: GeneratorBank, client: str | None, fakes: dict[str, Tensor]
@@ -180,31 +229,22 @@ class GeneratorEvaluation(Callback):
             if len(members) < 2:
                 log.warning("class %r has %d %s samples (< 2): not evaluated", cls, len(members), self.split)
                 continue
+            if len(members) < MIN_HELD and cls not in self.real_indices:
+                log.warning(
+                    "class %r has %d %s samples: too few to judge its spread (FD and recall need >= %d)",
+                    cls, len(members), self.split, MIN_HELD,
+                )  # fmt: skip
             self.real_indices[cls] = members
             real[cls] = data.audio[members]
         return real
 
-    def _probe_accuracy(
-        self, data: EmbeddingSet, real: dict[str, Tensor], fakes: dict[str, Tensor], client: str | None
-    ) -> dict[str, float]:
-        """``synthetic_accuracy`` and ``real_accuracy`` (per class and mean) of a linear probe.
-
-        The probe is fitted once per fit on the real training embeddings of all classes, exactly as
-        :class:`~a2vgen.metrics.SyntheticClassAccuracy` fits it (the training data never changes, and the
-        fit is most of the evaluation's cost).
-        """
-        if self._linear_probe is None:
-            idx = data.split_indices("train")
-            self._linear_probe = fit_linear_probe(data.audio[idx].flatten(1), data.labels[idx], len(data.classes))
-        results: dict[str, float] = {}
-        for cls in real:
-            target = data.classes.index(cls)
-            for name, x in (("synthetic_accuracy", fakes[_label(cls, client)]), ("real_accuracy", real[cls])):
-                hits = self._linear_probe.predict(x.flatten(1)) == target
-                results[f"{name}/{cls}"] = float(hits.double().mean())
-        for name in ("synthetic_accuracy", "real_accuracy"):
-            results[name] = sum(results[f"{name}/{cls}"] for cls in real) / len(real)
-        return results
+    def _train(self, data: EmbeddingSet, classes: list[str] | None = None) -> dict[str, Tensor]:
+        """Real training features per class (all clients' training samples)."""
+        idx = data.split_indices("train")
+        return {
+            cls: data.audio[idx[data.labels[idx] == data.classes.index(cls)]]
+            for cls in (classes if classes is not None else data.classes)
+        }
 
     def _update_pca(self, real: dict[str, Tensor], fakes: dict[str, Tensor], round: int) -> None:
         """2-D PCA of real and synthetic samples of the first ``pca_classes`` labels, each class on the
@@ -274,6 +314,7 @@ class GeneratorEvaluation(Callback):
             "split": self.split,
             "num_samples": self.num_samples,
             "records": self.records,
+            "lead": list(LEAD_SCORES),
             "history": self.history(),
             "forgetting": self.forgetting(),
             "losses": self.losses,
@@ -309,4 +350,4 @@ def _label(cls: str, client: str | None) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "n/a" if value is None else f"{value:.3g}"

@@ -21,12 +21,13 @@ training clips resampled (the ceiling for fidelity, the floor for memorization).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from a2vgen.metrics import functional as MF
+from a2vgen.metrics.probe import LinearProbe, fit_linear_probe
 
 SCORES = ("fd_ratio", "diversity_ratio", "recall", "memorization_ratio")
 COLLAPSE_DIVERSITY = 0.3
@@ -115,3 +116,61 @@ def reference_samplers(train: Tensor, rank: int = 8, seed: int = 0) -> dict[str,
         "gaussian": gaussian,
         "resampled": lambda n: x[torch.randint(x.shape[0], (n,), generator=gen)],
     }
+
+
+def evaluate_classes(
+    train: Mapping[str, Tensor],
+    held: Mapping[str, Tensor],
+    sample: Callable[[str, int], Tensor],
+    num_samples: int = 64,
+    pooling: str = "mean",
+    probe: LinearProbe | None = None,
+    seed: int = 0,
+    label_order: list[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Score ``sample(class, n)`` against every class of ``held`` (class → ``[N, ...]`` real features).
+
+    Returns ``{class: scores}`` with the scores of :func:`class_quality`, ``synthetic_accuracy`` and
+    ``real_accuracy`` of ``probe`` (fitted on real training features of all classes; fitted here when
+    ``None``; its class indices follow ``label_order``, default the classes of ``held``) and
+    ``tstr_accuracy``: a probe trained on the synthetic samples only, tested on ``held``.
+    """
+    classes = list(held)
+    train_f = {c: features(train[c], pooling) for c in classes}
+    held_f = {c: features(held[c], pooling) for c in classes}
+    fake_f = {c: features(sample(c, num_samples), pooling) for c in classes}
+    labels = {c: i for i, c in enumerate(label_order or classes)}
+    if probe is None:
+        probe = fit_probe(train_f, labels)
+    tstr = fit_probe(fake_f, labels)
+    out = {}
+    for c in classes:
+        scores = class_quality(train_f[c], held_f[c], fake_f[c], seed=seed)
+        scores["synthetic_accuracy"] = float((probe.predict(fake_f[c]) == labels[c]).double().mean())
+        scores["real_accuracy"] = float((probe.predict(held_f[c]) == labels[c]).double().mean())
+        scores["tstr_accuracy"] = float((tstr.predict(held_f[c]) == labels[c]).double().mean())
+        out[c] = scores
+    return out
+
+
+def fit_probe(by_class: Mapping[str, Tensor], labels: Mapping[str, int]) -> LinearProbe:
+    """A linear probe on ``[N, F]`` features per class, class indices from ``labels``."""
+    x = torch.cat([by_class[c] for c in by_class])
+    y = torch.cat([torch.full((by_class[c].shape[0],), labels[c], dtype=torch.long) for c in by_class])
+    return fit_linear_probe(x, y, max(labels.values()) + 1)
+
+
+def summarize(per_class: Mapping[str, Mapping[str, float]], num_classes: int | None = None) -> dict[str, float]:
+    """Means over classes, the lowest diversity ratio, the probe and TSTR accuracies as ratios to the
+    real held-out accuracy (1 = as recognisable as real clips), and ``ignores_conditioning`` (1.0 when
+    the probe recognises real clips, accuracy ≥ 0.5, but puts synthetic ones within twice chance of
+    ``num_classes``; default the number of classes scored)."""
+    names = sorted({n for scores in per_class.values() for n in scores})
+    out = {n: sum(s[n] for s in per_class.values()) / len(per_class) for n in names}
+    out["min_diversity_ratio"] = min(s["diversity_ratio"] for s in per_class.values())
+    if out.get("real_accuracy"):
+        out["probe_ratio"] = out["synthetic_accuracy"] / out["real_accuracy"]
+        out["tstr_ratio"] = out["tstr_accuracy"] / out["real_accuracy"]
+        chance = 1.0 / (num_classes or len(per_class))
+        out["ignores_conditioning"] = float(out["real_accuracy"] >= 0.5 and out["synthetic_accuracy"] <= 2 * chance)
+    return out

@@ -29,6 +29,14 @@ def key_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def within_group_var(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Pooled within-group variance of ``x`` ``[B, ...]`` per element (groups: ``[B]`` integer labels)."""
+    _, inverse, counts = groups.unique(return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), *x.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+    means = sums / counts.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return (x - means[inverse]).square().sum(0) / max(x.shape[0] - len(counts), 1)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written by an incompatible configuration."""
 
@@ -81,9 +89,9 @@ class BaseGeneratorModule(LightningModule):
         cond_shapes: list[list[int]] | None = None,
         class_cond: list[torch.Tensor] | None = None,
         audio_stats: list[torch.Tensor] | None = None,
-        hidden_dim: int = 1024,
-        latent_dim: int = 256,
-        cond_width: int = 128,
+        hidden_dim: int = 256,
+        latent_dim: int = 64,
+        cond_width: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         input_noise: float = 0.1,
@@ -170,13 +178,32 @@ class BaseGeneratorModule(LightningModule):
                 parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
             )
             return parts
-        parts, var = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var)
-        if self.training:
-            net.noise_var.copy_(var if not bool(net.noise_var.any()) else net.noise_var.lerp(var, 0.1))
+        parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var)
+        if self.training and audio.shape[0] > 1:
+            net.track_latents(mu.detach(), logvar.detach())
+            self._calibrate_sampling_noise(net, target, cond, cond_index)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         parts["loss"] = (parts["nll"] + kl_weight * parts["kl"]) / target[0].numel()
         parts["cos"] = 1 - torch.nn.functional.cosine_similarity(recon, target, dim=-1).mean(dim=1)
         return parts
+
+    @torch.no_grad()
+    def _calibrate_sampling_noise(
+        self, net: nn.Module, target: torch.Tensor, cond: list[torch.Tensor], cond_index: torch.Tensor | None
+    ) -> None:
+        """Move ``net.noise_var`` (10 % a step) towards the within-class variance of the batch that
+        decoding sampled latents does not reproduce, floored at ``min_noise_var``.
+
+        Decoding latents drawn as :meth:`sample` draws them, with the batch's conditioning, shows how
+        much spread the latent carries;
+        the residual noise that :meth:`~a2vgen.nn.cvae.ConditionalVAE.sample` adds makes up the rest, so
+        the samples' total spread matches the data's even while the latent is still learning. Classes
+        are told apart by ``cond_index`` (one group when conditioning is per sample).
+        """
+        groups = cond_index if cond_index is not None else torch.zeros(target.shape[0], dtype=torch.long)
+        prior = net.decode(net.prior_latents(target.shape[0]), net.condition(cond, cond_index))
+        gap = (within_group_var(target, groups) - within_group_var(prior, groups)).clamp_min(self.hparams.min_noise_var)
+        net.noise_var.copy_(gap if not bool(net.noise_var.any()) else net.noise_var.lerp(gap, 0.1))
 
     # ------------------------------------------------------------------ keys and banks
     def generator_key(self, class_name: str) -> str:

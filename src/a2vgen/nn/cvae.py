@@ -71,10 +71,16 @@ class ConditionalVAE(nn.Module):
     ``forward``/``sample`` ignore ``cond``.
 
     The VAE works on standardized audio (``audio_norm``, per element; identity until
-    :meth:`set_statistics`) and keeps ``noise_var``, the per-element variance of its decoder's residual
-    (a buffer that a calibrated loss updates; zero otherwise). :meth:`sample` decodes ``z ~ N(0, I)``,
-    adds that residual noise and undoes the standardization, so samples carry the spread the latent
-    does not explain instead of only the decoder's mean.
+    :meth:`set_statistics`). Two more buffers make its samples follow the data rather than the prior's
+    idea of it, both updated by a calibrated loss during training (see
+    ``BaseGeneratorModule.compute_loss``) and left at their neutral values otherwise:
+
+    - ``latent_mean`` / ``latent_var``: a diagonal Gaussian fitted to the aggregate posterior (the
+      encoder's codes of training data). With few samples the codes do not fill ``N(0, I)``, and
+      decoding prior draws over- or under-shoots the data's spread; :meth:`sample` draws from the fit.
+    - ``noise_var``: per-element variance that decoded latents do not reproduce; :meth:`sample` adds it
+      as noise, so samples carry the spread the latent does not explain instead of only the decoder's
+      mean.
     """
 
     def __init__(
@@ -92,6 +98,8 @@ class ConditionalVAE(nn.Module):
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
         self.audio_norm = Standardizer(self.audio_shape)
         self.register_buffer("noise_var", torch.zeros(self.audio_shape))
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_var", torch.ones(latent_dim))
         c = cond_width if cond_shapes else 0
         self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
         self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
@@ -108,6 +116,17 @@ class ConditionalVAE(nn.Module):
         self.audio_norm.set_statistics(audio_mean, audio_std)
         if self.cond_encoder is not None and class_cond is not None:
             self.cond_encoder.set_statistics(class_cond)
+
+    def prior_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latents from the fitted aggregate posterior (``N(0, I)`` until it is fitted)."""
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.latent_mean.device)
+        return self.latent_mean + z * self.latent_var.sqrt()
+
+    @torch.no_grad()
+    def track_latents(self, mu: torch.Tensor, logvar: torch.Tensor, momentum: float = 0.1) -> None:
+        """Move the aggregate-posterior fit ``momentum`` of the way towards a batch's codes."""
+        self.latent_mean.lerp_(mu.mean(0), momentum)
+        self.latent_var.lerp_(mu.var(0, unbiased=False) + logvar.exp().mean(0), momentum)
 
     def condition(self, cond: list[torch.Tensor] | None, cond_index: torch.Tensor | None = None) -> torch.Tensor | None:
         """Conditioning vectors per sample (``None`` for an unconditioned VAE).
@@ -159,7 +178,7 @@ class ConditionalVAE(nn.Module):
     ) -> torch.Tensor:
         """Draw ``n`` samples; conditioning per sample, one row for all, or rows picked by ``cond_index``."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        z = self.prior_latents(n, generator)
         if cond is not None and cond_index is None and cond[0].shape[0] == 1:
             cond_index = torch.zeros(n, dtype=torch.long, device=device)
         out = self.decode(z, self.condition(cond, cond_index))
