@@ -2,6 +2,7 @@
 
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError, key_seed
+from a2vgen.modules.flow import FlowMatchingMixin, FlowPerClassGenerator, FlowPerGroupGenerator, FlowUnifiedGenerator
 from a2vgen.modules.granularity import PerClassGenerator, PerGroupGenerator, UnifiedGenerator
 from a2vgen.modules.registry import MODULES
 
@@ -9,6 +10,10 @@ __all__ = [
     "MODULES",
     "BaseGeneratorModule",
     "CheckpointMismatchError",
+    "FlowMatchingMixin",
+    "FlowPerClassGenerator",
+    "FlowPerGroupGenerator",
+    "FlowUnifiedGenerator",
     "GeneratorBank",
     "GeneratorSlot",
     "PerClassGenerator",
