@@ -55,7 +55,7 @@ def module_class(path: str | Path, ckpt: dict) -> type[BaseGeneratorModule]:
     try:
         cls = MODULES.get(meta.get("class_path"))
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise type(err)(f"{path}: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, BaseGeneratorModule)):
         raise TypeError(f"{path}: {meta.get('class_path')} is registered but is not an a2vgen generator module")
     diffs = []
@@ -255,7 +255,7 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict]:
     try:
         cls = GENERATORS.get(name)
     except ValueError as err:
-        raise ValueError(f"{meta_path}: {err}") from None
+        raise type(err)(f"{meta_path}: {err}") from None
     net = cls(**config)
     tensors = load_file(str(weights_path))
     try:

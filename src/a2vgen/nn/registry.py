@@ -45,6 +45,9 @@ class Registry:
     def register(self, cls: T | None = None, *, name: str | None = None, aliases: Iterable[str] = ()) -> T | Callable:
         """Register ``cls`` under ``name`` (default: its qualified name); usable as a decorator.
 
+        A class of the same qualified name replaces an earlier one (a redefined class, e.g. in a notebook);
+        another class under a taken name is an error.
+
         ``aliases`` are further names that resolve to it (e.g. where it lived before a rename); the
         qualified name always does.
         """
@@ -52,7 +55,7 @@ class Registry:
         def add(cls: T) -> T:
             key = name or qualified_name(cls)
             known = self._types.get(key)
-            if known is not None and known is not cls:
+            if known is not None and qualified_name(known) != qualified_name(cls):  # a redefinition replaces
                 raise ValueError(f"{self.kind} name {key!r} is already registered for {qualified_name(known)}")
             self._types[key] = cls
             for alias in (qualified_name(cls), *aliases):
