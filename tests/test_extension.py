@@ -109,22 +109,6 @@ def test_network_without_the_contract_is_refused_when_built():
         module_for(Plain, small_datamodule(CLIENTS))
 
 
-def test_readme_deep_generator_exports_and_loads(tmp_path):
-    class DeepGenerator(PerClassGenerator):  # the README's example, on tiny data
-        def build_network(self, key):
-            from a2vgen.nn import ConditionalVAE
-
-            return ConditionalVAE(self.audio_shape, self.cond_shapes, hidden_dim=2048, latent_dim=512)
-
-    dm = small_datamodule([ClientSpec("0", classes=["dog"])])
-    module = module_for(DeepGenerator, dm)
-    export_bank(module, module.bank, tmp_path)
-    net, meta = load_exported(tmp_path / "dog.json")
-    assert net.config["hidden_dim"] == 2048 and net.config["latent_dim"] == 512
-    for p, q in zip(module.bank["dog"].net.state_dict().values(), net.state_dict().values()):
-        assert torch.equal(p, q)
-
-
 # ---------------------------------------------------------------------- nothing a file names is run
 @pytest.fixture
 def trap(tmp_path, monkeypatch):

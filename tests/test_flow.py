@@ -128,3 +128,31 @@ def test_flow_network_contract():
     assert unconditioned.sample(2).shape == (2, 4, 16)
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         ConditionalFlow([4, 16], [], solver="rk4")
+
+
+def test_flow_config_through_the_cli_sample_prompt_and_report(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from a2vgen.cli import main
+    from a2vgen.data.embeddings import load_embeddings
+    from tiny_models import build_tiny_sd
+
+    pipeline = str(build_tiny_sd(tmp_path / "sd"))  # CLIP states [77, 32]
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "flow.yaml")
+    main(["fit", "--config", config, "--trainer.max_rounds", "2", "--data.source.init_args.train_per_class", "6",
+          "--data.source.init_args.cond_dim", "32", "--data.source.init_args.audio_dim", "16",
+          "--model.init_args.hidden_dim", "16",
+          "--model.init_args.sample_steps", "4", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    (run,) = (tmp_path / "runs" / "flow").glob("version_*")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    main(["sample", "--ckpt_path", ckpt, "--classes", "[dog]", "--num_samples", "3", "--out", "s.safetensors"])
+    assert load_embeddings("s.safetensors").audio.shape == (3, 4, 16)
+    main(["sample", "--ckpt_path", ckpt, "--prompt", "a photo of a cat", "--pipeline", pipeline,
+          "--classes", "[dog]", "--num_samples", "2", "--out", "cat.safetensors"])  # fmt: skip
+    assert load_embeddings("cat.safetensors").audio.shape == (2, 4, 16)
+    main(["report", str(run)])
+    page = (run / "report" / "report.html").read_text()
+    assert "x1_mse" in page and (run / "report" / "loss_parts.png").is_file()
+    net, meta = load_exported(run / "exports" / "dog")
+    assert isinstance(net, ConditionalFlow) and meta["network"]["config"]["steps"] == 4
