@@ -26,11 +26,12 @@ def test_gaussian_example_fits_exports_loads_and_samples(tmp_path, monkeypatch):
     (tmp_path / "my_generators.py").write_text(module_code)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_generators", raising=False)  # another test's my_generators
     scope: dict = {}
     try:
         exec(compile(usage, "README.md", "exec"), scope)
     finally:
-        monkeypatch.delitem(sys.modules, "my_generators", raising=False)
+        sys.modules.pop("my_generators", None)
     audio, meta, model = scope["audio"], scope["meta"], scope["model"]
     assert audio.shape == (8, 4, 768) and bool(torch.isfinite(audio).all())
     assert meta["network"]["type"] == "ConditionalGaussian" and meta["classes"] == ["dog"]

@@ -139,7 +139,7 @@ def main(args: list[str] | None = None) -> None:
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user subclasses load by class_path from the working directory
+        sys.path.insert(0, os.getcwd())  # modules the user names (--model x.Y, --imports) load from here
     _configure_logging()
     if args and args[0] in TOOLS:
         try:

@@ -348,7 +348,8 @@ class BaseGeneratorModule(LightningModule):
         for key, values in stats.items():
             acc = self._visit_stats.setdefault(key, {})
             for name, value in values.items():
-                acc[name] = acc[name] + value.to(loss.device) if name in acc else value.to(loss.device)
+                value = value.to(loss.device)
+                acc[name] = acc[name] + value if name in acc else value
         if (
             self._trainer is not None and self._trainer.progress_bar_callback is not None
         ):  # ~1 ms a step: only for a bar
