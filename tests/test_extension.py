@@ -261,3 +261,15 @@ def test_registry_names_aliases_and_conflicts():
         registry.get("os.system")
     with pytest.raises(UnknownTypeError, match="is not registered; register it"):
         registry.name_of(DiagonalGaussian)
+
+
+@pytest.mark.parametrize("name", ["ConditionalVAE", "ConditionalFlow"])
+def test_builtin_network_config_lists_every_constructor_argument_and_rebuilds_it(name):
+    import inspect
+
+    cls = GENERATORS.get(name)
+    net = cls([4, 16], [[6, 8]], hidden_dim=24, cond_width=8)
+    assert list(net.config) == list(inspect.signature(cls).parameters)  # a new argument must be recorded
+    rebuilt = cls(**json.loads(json.dumps(net.config)))
+    assert rebuilt.config == net.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
