@@ -10,8 +10,8 @@ from a2vgen.federation import FederatedTrainer
 
 def federated_fit(module, dm, callbacks=(), ckpt_path=None, **options):
     options.setdefault("max_rounds", 3)
+    options.setdefault("logger", False)
     trainer = FederatedTrainer(
-        logger=False,
         enable_checkpointing=any(type(c).__name__ == "RoundCheckpoint" for c in callbacks),
         enable_progress_bar=False,
         callbacks=list(callbacks),

@@ -8,6 +8,7 @@ import operator
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
@@ -15,6 +16,9 @@ from lightning.pytorch.cli import LightningCLI
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.trainer import FederatedTrainer
 from a2vgen.modules.base import BaseGeneratorModule
+from a2vgen.modules.registry import import_plugins
+
+IMPORTS_HELP = "modules defining your generator types, imported first (e.g. [my_generators]); files never name code"
 
 log = logging.getLogger("a2vgen")
 
@@ -27,6 +31,17 @@ class A2VGenCLI(LightningCLI):
         for name in ("classes", "audio_shape", "cond_shapes", "class_cond", "audio_stats"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a checkpoint's class against the module registry before LightningCLI reads its
+        hyper-parameters, whose ``_class_path`` jsonargparse would import."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            from a2vgen.export import module_class, read_checkpoint
+
+            module_class(path, read_checkpoint(path))
+        super()._parse_ckpt_path()
 
 
 def run_lightning(args: list[str] | None, run: bool = True) -> A2VGenCLI:
@@ -57,7 +72,9 @@ def sample_command(args: list[str]) -> None:
         "or the unified generator; needs --pipeline for its text encoders",
     )  # fmt: skip
     parser.add_argument("--pipeline", type=str | None, default=None, help="diffusers model id or folder")
+    parser.add_argument("--imports", type=list[str], default=[], help=IMPORTS_HELP)
     cfg = parser.parse_args(args)
+    import_plugins(cfg.imports)
     if cfg.prompt is not None:
         if not cfg.pipeline:
             raise ValueError("--prompt needs --pipeline (the text encoders that define the conditioning)")
@@ -76,7 +93,9 @@ def export_command(args: list[str]) -> None:
     parser = ArgumentParser(prog="a2vgen export", description="One safetensors + JSON file per generator key.")
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by a2vgen fit")
     parser.add_argument("--out_dir", type=str, default="exports", help="output folder")
+    parser.add_argument("--imports", type=list[str], default=[], help=IMPORTS_HELP)
     cfg = parser.parse_args(args)
+    import_plugins(cfg.imports)
     written = export_checkpoint(cfg.ckpt_path, cfg.out_dir)
     print(f"wrote {len(written)} files to {cfg.out_dir}")
 
@@ -120,7 +139,7 @@ def main(args: list[str] | None = None) -> None:
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user subclasses load by class_path from the working directory
+        sys.path.insert(0, os.getcwd())  # modules the user names (--model x.Y, --imports) load from here
     _configure_logging()
     if args and args[0] in TOOLS:
         try:

@@ -1,16 +1,18 @@
 """Load trained generators from checkpoints; write synthetic samples and per-key exports.
 
 Exports are one ``<key>.safetensors`` (network weights plus the conditioning of the classes it serves)
-and one ``<key>.json`` (what the network is and which classes it serves) per generator key, loadable
-without the training setup::
+and one ``<key>.json`` (the network's registered type name and its ``config``, and which classes it
+serves) per generator key, loadable without the training setup::
 
     net, meta = a2vgen.export.load_exported("runs/demo/version_0/exports/dog")
     audio = net.sample(8, meta["cond"]["dog"])   # [8, L, D_a]
+
+Nothing named in a file is imported: network types resolve through
+:data:`~a2vgen.nn.registry.GENERATORS`, module classes through :data:`~a2vgen.modules.registry.MODULES`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -21,20 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from a2vgen.data.embeddings import EmbeddingSet, save_embeddings
 from a2vgen.modules.bank import GeneratorBank
-from a2vgen.modules.base import BaseGeneratorModule
-from a2vgen.nn.cvae import ConditionalVAE
+from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
+from a2vgen.modules.registry import MODULES
+from a2vgen.nn.registry import GENERATORS
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "a2vgen-generator/1"
-
-
-def _import(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"cannot import {path!r} ({err}); is its file on the path (working directory)?") from err
+EXPORT_FORMAT = "a2vgen-generator/2"
+OLD_FORMATS = ("a2vgen-generator/1",)  # network {"class_path", "init_args"}: the class path is a registry alias
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -51,13 +47,58 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_module(path: str | Path) -> tuple[BaseGeneratorModule, dict]:
-    """The generator module of a checkpoint (its own class) and the raw checkpoint."""
-    ckpt = read_checkpoint(path)
-    cls = _import(ckpt["a2vgen"]["class_path"])
+def module_class(path: str | Path, ckpt: dict) -> type[BaseGeneratorModule]:
+    """The registered module class a checkpoint names, after checking its metadata; imports nothing."""
+    meta, hparams = ckpt["a2vgen"], ckpt.get("hyper_parameters", {})
+    if not isinstance(meta, dict) or not isinstance(hparams, dict):
+        raise ValueError(f"{path}: malformed 'a2vgen' metadata or hyper-parameters")
+    try:
+        cls = MODULES.get(meta.get("class_path"))
+    except ValueError as err:
+        raise type(err)(f"{path}: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, BaseGeneratorModule)):
-        raise TypeError(f"{path}: {ckpt['a2vgen']['class_path']} is not an a2vgen generator module")
-    module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        raise TypeError(f"{path}: {meta.get('class_path')} is registered but is not an a2vgen generator module")
+    diffs = []
+    named = hparams.get("_class_path", meta["class_path"])  # LightningCLI's record of the class it built
+    if named != meta["class_path"] and not _resolves_to(named, cls):
+        diffs.append(f"class_path: metadata {meta['class_path']!r}, hyper-parameters {named!r}")
+    if meta.get("granularity") != cls.granularity:
+        diffs.append(f"granularity: checkpoint has {meta.get('granularity')!r}, {cls.__name__} is {cls.granularity!r}")
+    diffs += [
+        f"{name}: metadata {meta.get(name)!r}, hyper-parameters {hparams[name]!r}"
+        for name in ("classes", "audio_shape", "cond_shapes")
+        if hparams.get(name) is not None and hparams[name] != meta.get(name)
+    ]
+    if diffs:
+        raise CheckpointMismatchError(f"{path}: inconsistent checkpoint; " + "; ".join(diffs))
+    return cls
+
+
+def _resolves_to(name: object, cls: type) -> bool:
+    try:
+        return MODULES.get(name) is cls
+    except ValueError:
+        return False
+
+
+def load_module(path: str | Path) -> tuple[BaseGeneratorModule, dict]:
+    """The generator module of a checkpoint (its registered class) and the raw checkpoint.
+
+    The class comes from the module registry and the metadata is checked before anything is built; the
+    module is then built from the checkpoint's hyper-parameters (plain values) and its weights loaded.
+    """
+    ckpt = read_checkpoint(path)
+    cls = module_class(path, ckpt)
+    hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    try:
+        module = cls(**hparams)
+    except TypeError as err:
+        raise CheckpointMismatchError(f"{path}: its hyper-parameters do not fit {cls.__name__}: {err}") from None
+    try:
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"])
+    except (CheckpointMismatchError, RuntimeError) as err:
+        raise CheckpointMismatchError(f"{path}: {err}") from None
     module.eval()
     return module, ckpt
 
@@ -166,9 +207,9 @@ def export_bank(
     """One ``<key>.safetensors`` + ``<key>.json`` per key of ``bank`` (prefixed ``client-<id>.`` per client)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hp = module.hparams
     written = []
     for key, slot in bank.items():
+        network = {"type": GENERATORS.name_of(type(slot.net)), "config": slot.net.config}
         served = [c for c in module.classes if module.generator_key(c) == key]
         tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in slot.net.state_dict().items()}
         for i, cond in enumerate(torch.cat(p) for p in zip(*(module.class_condition(c) for c in served))):
@@ -181,16 +222,7 @@ def export_bank(
             "classes": served,
             "seen_classes": [c for c, s in zip(module.classes, slot.seen.tolist()) if s],
             "age": int(slot.age),
-            "network": {
-                "class_path": f"{type(slot.net).__module__}.{type(slot.net).__qualname__}",
-                "init_args": {
-                    "audio_shape": list(module.audio_shape),
-                    "cond_shapes": [list(s) for s in module.cond_shapes],
-                    "hidden_dim": hp.hidden_dim,
-                    "latent_dim": hp.latent_dim,
-                    "cond_width": hp.cond_width,
-                },
-            },
+            "network": network,
         }
         stem = out_dir / (key if client is None else f"client-{client}.{key}")
         weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
@@ -219,13 +251,29 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict]:
     if not meta_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"export not found: need {meta_path} and {weights_path}")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    spec = meta["network"]
-    cls = ConditionalVAE if spec["class_path"] == "a2vgen.nn.cvae.ConditionalVAE" else _import(spec["class_path"])
-    net = cls(**spec["init_args"])
+    name, config = _network_spec(meta, meta_path)
+    try:
+        cls = GENERATORS.get(name)
+    except ValueError as err:
+        raise type(err)(f"{meta_path}: {err}") from None
+    net = cls(**config)
     tensors = load_file(str(weights_path))
-    net.load_state_dict({k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")})
-    conds = [tensors[f"cond.{i}"] for i in range(len(spec["init_args"]["cond_shapes"]))]
+    try:
+        net.load_state_dict({k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")})
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path}: weights do not fit {name}(**config) of {meta_path}: {err}") from None
+    conds = [tensors[f"cond.{i}"] for i in range(sum(k.startswith("cond.") for k in tensors))]
     meta["cond"] = {c: [t[i : i + 1] for t in conds] for i, c in enumerate(meta["classes"])}
     return net.eval(), meta
+
+
+def _network_spec(meta: dict, meta_path: Path) -> tuple[str, dict]:
+    """The registered network name and its config from an export's metadata (any supported format)."""
+    fmt, network = meta.get("format"), meta.get("network")
+    if fmt not in (EXPORT_FORMAT, *OLD_FORMATS):
+        raise ValueError(f"{meta_path}: format {fmt!r}, expected {EXPORT_FORMAT!r}")
+    fields = ("type", "config") if fmt == EXPORT_FORMAT else ("class_path", "init_args")
+    name, config = (network.get(f) for f in fields) if isinstance(network, dict) else (None, None)
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise ValueError(f"{meta_path}: no network type and config under 'network'")
+    return name, config

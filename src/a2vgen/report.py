@@ -26,29 +26,36 @@ TABLE_METRICS = (
     "synthetic_accuracy", "real_accuracy", "tstr_accuracy",
 )  # fmt: skip
 
-Visits = Sequence[Mapping]  # {"step", "round", "losses": {key: loss}} per client visit
+Visits = Sequence[Mapping]  # {"step", "round", "client", "losses": {key: loss}, "parts": {key: {part: value}}}
 
 
 # ---------------------------------------------------------------------- inputs
 def read_training_log(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
-    """From a CSV logger's ``metrics.csv``: each client visit's ``{"step", "round", "client", "losses"}``
-    (loss per generator key it trained) and the reset events ``(step of the visit they precede, key)``."""
+    """From a CSV logger's ``metrics.csv``: each client visit's ``{"step", "round", "client", "losses",
+    "parts"}`` (loss, and every loss part the module logged, per generator key it trained) and the reset
+    events ``(step of the visit they precede, key)``."""
     visits, resets = [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if not row.get("round") or not row.get("step"):
                 continue
-            step, losses, client = int(float(row["step"])), {}, None
+            step, losses, loss_parts, client = int(float(row["step"])), {}, {}, None
             for column, value in row.items():
                 parts = column.split("/")
                 if not value:
                     continue
                 if parts[0] == "resets" and len(parts) == 2:
                     resets.append((step, parts[1]))
-                elif parts[0] == "train" and len(parts) == 4 and parts[3] == "loss":
-                    client, losses[parts[2]] = parts[1], float(value)
+                elif parts[0] == "train" and len(parts) == 4 and parts[3] != "samples":
+                    client = parts[1]
+                    loss_parts.setdefault(parts[2], {})[parts[3]] = float(value)
+                    if parts[3] == "loss":
+                        losses[parts[2]] = float(value)
             if losses:
-                visits.append({"step": step, "round": int(float(row["round"])), "client": client, "losses": losses})
+                visits.append(
+                    {"step": step, "round": int(float(row["round"])), "client": client, "losses": losses,
+                     "parts": loss_parts}
+                )  # fmt: skip
     return visits, resets
 
 
@@ -91,6 +98,38 @@ def plot_losses(visits: Visits, resets: Sequence[tuple[int, str]]) -> Figure | N
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fig
+
+
+def plot_loss_parts(visits: Visits) -> Figure | None:
+    """Every loss part other than ``loss`` (whatever the module's ``compute_loss`` returns), one panel
+    per part, one line per generator key."""
+    names = list(dict.fromkeys(p for v in visits for parts in v.get("parts", {}).values() for p in parts))
+    names = [n for n in names if n != "loss"]
+    if not names:
+        return None
+    keys = list(dict.fromkeys(key for v in visits for key in v.get("parts", {})))
+    colors = _colors(len(keys))
+    fig = Figure(figsize=(9, 2.6 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, name in zip(axes, names):
+        for i, key in enumerate(keys):
+            points = [(v["step"], v["parts"][key][name]) for v in visits if name in v.get("parts", {}).get(key, {})]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=2, color=colors[i], label=key)
+        ax.set(ylabel=name)
+    axes[0].set_title("Loss parts per generator at each client visit")
+    axes[-1].set_xlabel("client visit")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    return fig
+
+
+def last_loss_parts(visits: Visits) -> tuple[list[str], list[list]]:
+    """Header and rows ``[key, part values…]`` of each key's loss parts at its last visit."""
+    last: dict[str, dict[str, float]] = {}
+    for v in visits:
+        last.update(v.get("parts", {}))
+    names = list(dict.fromkeys(p for parts in last.values() for p in parts))
+    return ["key", *names], [[key, *(parts.get(n) for n in names)] for key, parts in last.items()]
 
 
 def plot_heatmap(history: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], metric: str) -> Figure | None:
@@ -165,7 +204,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     else:  # e.g. a W&B-only run: the evaluation callback's copy
         visits = evaluation.get("losses", [])
         resets = reset_steps(visits, evaluation.get("resets", []))
-    figures = {"losses.png": plot_losses(visits, resets), "pca.png": plot_pca(evaluation.get("pca", {}))}
+    figures = {
+        "losses.png": plot_losses(visits, resets),
+        "loss_parts.png": plot_loss_parts(visits),
+        "pca.png": plot_pca(evaluation.get("pca", {})),
+    }
     for metric in HEATMAP_METRICS:
         figures[f"heatmap_{metric}.png"] = plot_heatmap(evaluation.get("history", {}), metric)
     images = []
@@ -174,7 +217,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             fig.savefig(out / name, dpi=110)
             images.append(name)
     page = out / "report.html"
-    body = _html(run_dir, images, evaluation, _generators(run_dir / "checkpoints" / "last.ckpt"))
+    body = _html(run_dir, images, evaluation, _generators(run_dir / "checkpoints" / "last.ckpt"), visits)
     page.write_text(body)
     return page
 
@@ -207,8 +250,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html(run_dir: Path, images: list[str], evaluation: dict, generators: list[list[str]]) -> str:
+def _html(run_dir: Path, images: list[str], evaluation: dict, generators: list[list[str]], visits: Visits) -> str:
     parts = [f"<h1>a2vgen run {html.escape(str(run_dir))}</h1>"]
+    header, rows = last_loss_parts(visits)
+    if rows:
+        parts += ["<h2>Training loss parts (each generator's last visit)</h2>", _table(header, rows)]
     records = evaluation.get("records", [])
     if records:
         final = records[-1]
@@ -236,5 +282,9 @@ def report_command(args: list[str]) -> None:
     parser = ArgumentParser(prog="a2vgen report", description="PNG plots and an HTML page of a training run.")
     parser.add_argument("run_dir", type=str, help="run folder (e.g. runs/demo/version_0)")
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <run_dir>/report)")
+    parser.add_argument("--imports", type=list[str], default=[], help="modules defining your generator types")
     cfg = parser.parse_args(args)
+    from a2vgen.modules.registry import import_plugins
+
+    import_plugins(cfg.imports)
     print(f"wrote {write_report(cfg.run_dir, cfg.out)}")

@@ -2,11 +2,18 @@
 
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError, key_seed
+from a2vgen.modules.flow import FlowMatchingMixin, FlowPerClassGenerator, FlowPerGroupGenerator, FlowUnifiedGenerator
 from a2vgen.modules.granularity import PerClassGenerator, PerGroupGenerator, UnifiedGenerator
+from a2vgen.modules.registry import MODULES
 
 __all__ = [
+    "MODULES",
     "BaseGeneratorModule",
     "CheckpointMismatchError",
+    "FlowMatchingMixin",
+    "FlowPerClassGenerator",
+    "FlowPerGroupGenerator",
+    "FlowUnifiedGenerator",
     "GeneratorBank",
     "GeneratorSlot",
     "PerClassGenerator",

@@ -13,13 +13,14 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
+from a2vgen.modules.registry import MODULES
 from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
 from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
+from a2vgen.nn.protocol import GeneratorNetwork
 
 log = logging.getLogger(__name__)
 
-LOSS_PARTS = ("loss", "mse", "kl", "cos")
 ADAPTER_KEY = "__adapter__"
 
 
@@ -46,7 +47,8 @@ class BaseGeneratorModule(LightningModule):
 
     Subclasses choose the granularity by implementing :meth:`configure_keys` (class → key). A new
     generator type overrides :meth:`build_network` (the network of one key) and/or :meth:`compute_loss`
-    (per-sample loss parts); nothing else needs to change.
+    (per-sample loss parts); nothing else needs to change. Every subclass is registered in
+    :data:`~a2vgen.modules.registry.MODULES` when it is defined, so its checkpoints load.
 
     Args:
         classes: every class the federation may train, in label order (linked from the data).
@@ -81,6 +83,10 @@ class BaseGeneratorModule(LightningModule):
     """
 
     granularity: str = "base"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        MODULES.register(cls)
 
     def __init__(
         self,
@@ -142,10 +148,12 @@ class BaseGeneratorModule(LightningModule):
     def build_network(self, key: str) -> nn.Module:
         """The network of generator ``key`` (called under a seed derived from ``(seed, key)``).
 
-        It must provide ``forward(x, cond, encoder_input=None, cond_index=None)`` (whatever
-        :meth:`compute_loss` needs) and ``sample(n, cond, generator=None, cond_index=None)``, like
-        :class:`~a2vgen.nn.cvae.ConditionalVAE`. A network with ``set_statistics(audio_mean, audio_std,
-        class_cond)`` gets its key's audio statistics and the class conditioning right after it is built.
+        It must follow :class:`~a2vgen.nn.protocol.GeneratorNetwork`: ``sample(n, cond, generator=None,
+        cond_index=None)`` and a JSON-able ``config`` that rebuilds it; how it trains is up to
+        :meth:`compute_loss`. To export and load it, register its class with
+        :func:`~a2vgen.nn.registry.register_generator`. A network with ``set_statistics(audio_mean,
+        audio_std, class_cond)`` gets its key's audio statistics and the class conditioning right after
+        it is built (buffers, so they travel with its weights).
         """
         hp = self.hparams
         return ConditionalVAE(self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width)
@@ -163,7 +171,8 @@ class BaseGeneratorModule(LightningModule):
         age: torch.Tensor,
         cond_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised.
+        """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised, every part is
+        logged (``train/<client>/<key>/<part>``, ``val/<key>/<part>``, ``test/<key>/<part>``).
 
         ``cond`` is per sample, or (with ``cond_index``) distinct rows picked per sample.
         """
@@ -184,7 +193,6 @@ class BaseGeneratorModule(LightningModule):
             self._calibrate_sampling_noise(net, target, cond, cond_index)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         parts["loss"] = (parts["nll"] + kl_weight * parts["kl"]) / target[0].numel()
-        parts["cos"] = 1 - torch.nn.functional.cosine_similarity(recon, target, dim=-1).mean(dim=1)
         return parts
 
     @torch.no_grad()
@@ -223,6 +231,11 @@ class BaseGeneratorModule(LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(key_seed(self.hparams.seed, key))
             net = self.build_network(key)
+        if not isinstance(net, GeneratorNetwork):
+            raise TypeError(
+                f"{type(self).__name__}.build_network({key!r}) returned a {type(net).__name__} without `config` "
+                "and `sample`: see a2vgen.nn.protocol.GeneratorNetwork"
+            )
         if self.hparams.objective != "original" and hasattr(net, "set_statistics"):
             net.set_statistics(*self.key_statistics(key), self.class_cond_tensors())
         return GeneratorSlot(net, len(self.classes))
@@ -394,10 +407,15 @@ class BaseGeneratorModule(LightningModule):
                 c, ci = cond, (cond_index if mask is None else cond_index[mask])
             else:
                 c, ci = (cond if mask is None else [t[mask] for t in cond]), None
-            parts = self.compute_loss(slot.net, a, c, slot.age, ci)
-            total = total + parts["loss"].mean()
             key = self.bank.keys[s]
-            stats[key] = {name: parts[name].detach().sum() for name in LOSS_PARTS}
+            parts = self.compute_loss(slot.net, a, c, slot.age, ci)
+            if "loss" not in parts or "samples" in parts:
+                raise KeyError(
+                    f"{type(self).__name__}.compute_loss must return per-sample parts with 'loss' (and none named "
+                    f"'samples'), got {sorted(parts)} for generator {key!r}"
+                )
+            total = total + parts["loss"].mean()
+            stats[key] = {name: part.detach().sum() for name, part in parts.items()}
             stats[key]["samples"] = torch.tensor(float(a.shape[0]))
             if self.training:
                 slot.seen[class_idx if mask is None else class_idx[mask]] = True
@@ -407,8 +425,7 @@ class BaseGeneratorModule(LightningModule):
                 for p, t in zip(self.bank.adapter(audio), cond if cond_index is None else [t[cond_index] for t in cond])
             ) / len(cond)
             total = total + self.hparams.adapter_weight * mse.mean()
-            stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "mse": mse.detach().sum(), "kl": mse.new_zeros(()),
-                                  "cos": mse.new_zeros(()), "samples": torch.tensor(float(audio.shape[0]))}  # fmt: skip
+            stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "samples": torch.tensor(float(audio.shape[0]))}
         if not bool(torch.isfinite(total.detach())):
             self._check_finite(batch)
             raise FloatingPointError(f"non-finite loss {float(total)} on finite inputs: lower the learning rate?")
@@ -418,8 +435,10 @@ class BaseGeneratorModule(LightningModule):
         loss, stats = self.shared_step(batch)
         self._stepped_keys = list(stats)
         for key, values in stats.items():
-            acc = self._visit_stats.setdefault(key, torch.zeros(len(values), device=loss.device))
-            acc += torch.stack([v.to(acc.device) for v in values.values()])
+            acc = self._visit_stats.setdefault(key, {})
+            for name, value in values.items():
+                value = value.to(loss.device)
+                acc[name] = acc[name] + value if name in acc else value
         if (
             self._trainer is not None and self._trainer.progress_bar_callback is not None
         ):  # ~1 ms a step: only for a bar
@@ -436,10 +455,10 @@ class BaseGeneratorModule(LightningModule):
         self._epoch_keys.clear()
 
     def pop_visit_stats(self) -> dict[str, dict[str, float]]:
-        """Mean loss parts and sample counts per key since the last call (one client visit)."""
+        """Mean of every loss part, and the sample count, per key since the last call (one client visit)."""
         out = {}
         for key, acc in self._visit_stats.items():
-            values = dict(zip((*LOSS_PARTS, "samples"), acc.tolist()))
+            values = dict(zip(acc, torch.stack(list(acc.values())).tolist()))
             n = max(values["samples"], 1.0)
             out[key] = {k: (v if k == "samples" else v / n) for k, v in values.items()}
         self._visit_stats = {}
@@ -472,11 +491,11 @@ class BaseGeneratorModule(LightningModule):
         loss, stats = self.shared_step(batch)
         n = batch["audio"].shape[0]
         for key, values in stats.items():
-            count = float(values["samples"])
-            for part in LOSS_PARTS:
+            count = float(values.pop("samples"))
+            for part, value in values.items():
                 self.log(
                     f"{stage}/{key}/{part}",
-                    values[part] / count,
+                    value / count,
                     batch_size=int(count),
                     add_dataloader_idx=True,
                 )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2vgen.nn.conditioning import ConditionEncoder
+from a2vgen.nn.registry import register_generator
 from a2vgen.nn.standardize import Standardizer
 
 
@@ -63,6 +64,7 @@ class ConditionedMLP(nn.Module):
         return self.body(self.input(x, c))
 
 
+@register_generator(name="ConditionalVAE")
 class ConditionalVAE(nn.Module):
     """``p(audio | cond)``: an MLP VAE over flattened tokens, conditioned per sample.
 
@@ -92,6 +94,8 @@ class ConditionalVAE(nn.Module):
         cond_width: int = 128,
     ) -> None:
         super().__init__()
+        self.config = {"audio_shape": list(audio_shape), "cond_shapes": [list(s) for s in cond_shapes],
+                       "hidden_dim": hidden_dim, "latent_dim": latent_dim, "cond_width": cond_width}  # fmt: skip
         self.audio_shape = (int(audio_shape[0]), int(audio_shape[1]))
         self.latent_dim = latent_dim
         flat = self.audio_shape[0] * self.audio_shape[1]
