@@ -9,17 +9,24 @@ from a2vgen.nn.standardize import Standardizer
 
 
 class AttentionPool(nn.Module):
-    """Project token states ``[B, S, D]`` to ``width`` and pool them with a learned query."""
+    """Project token states ``[B, S, D]`` to ``width``, pool them with learned attention, normalize.
+
+    The attention weights start uniform and sum to ``S`` (a sum over tokens, not a mean), and the
+    projection has no bias: with inputs standardized across classes, tokens that no class changes are
+    zero and add nothing, so a class name that changes one token of 77 is not diluted 77 times. A
+    LayerNorm keeps the pooled vector's scale independent of how many tokens differ.
+    """
 
     def __init__(self, in_dim: int, width: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, width)
+        self.proj = nn.Linear(in_dim, width, bias=False)
         self.score = nn.Linear(width, 1)
+        self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x)
-        weights = torch.softmax(self.score(torch.tanh(h)), dim=1)
-        return (weights * h).sum(dim=1)
+        weights = torch.softmax(self.score(torch.tanh(h)), dim=1) * h.shape[1]
+        return self.norm((weights * h).sum(dim=1))
 
 
 class ConditionEncoder(nn.Module):
