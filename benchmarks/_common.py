@@ -374,7 +374,7 @@ def raw_train(
                     a = audio[rows]
                     classes, index = labels[rows].unique(return_inverse=True)  # encode each class once
                     noisy = a + 0.1 * torch.randn_like(a)
-                    recon, mu, logvar, _ = net(a, [t[classes] for t in cond], encoder_input=noisy, cond_index=index)
+                    recon, mu, logvar, *_ = net(a, [t[classes] for t in cond], encoder_input=noisy, cond_index=index)
                     parts = vae_loss_terms(recon, a, mu, logvar)
                     loss = (parts["mse"] + beta * parts["kl"] + sim * parts["cos"]).mean()
                     opt.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ centroid (collapse floor), a per-class Gaussian fitted to the training clips (me
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -156,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=["sounds", "demo"], choices=["sounds", "demo"])
     p.add_argument("--runs", nargs="+", default=RUNS, choices=RUNS)
     p.add_argument("--per-class", action="store_true", help="also print every class's scores")
+    p.add_argument("--module-args", type=json.loads, default={}, help='module options, e.g. \'{"lr": 0.003}\'')
     args = p.parse_args(argv)
     c.setup_torch()
     from a2vgen.metrics.quality import summarize
 
-    dims = c.SMOKE_DIMS if args.smoke else {}  # the module's defaults
+    dims = {**(c.SMOKE_DIMS if args.smoke else {}), **args.module_args}  # default: the module's defaults
     rounds, local_epochs = (2, 2) if args.smoke else (6, 10)
     start = time.perf_counter()
     for name in args.datasets:

@@ -17,7 +17,7 @@ class ZeroNoiseGenerator(PerClassGenerator):
     """A subclass that overrides the loss hook: deterministic latent (z = mu), so updates are comparable."""
 
     def compute_loss(self, net, audio, cond, age, cond_index=None):
-        recon, mu, logvar, _ = net(audio, cond, eps=torch.zeros(audio.shape[0], net.latent_dim), cond_index=cond_index)
+        recon, mu, logvar, *_ = net(audio, cond, eps=torch.zeros(audio.shape[0], net.latent_dim), cond_index=cond_index)
         mse = (recon - audio).pow(2).flatten(1).mean(1)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(1)
         return {

@@ -50,7 +50,7 @@ def test_generator_reconstructs_values_around_twenty():
     vae = ConditionalVAE([4, 16], [[6, 8]], hidden_dim=128, latent_dim=16, cond_width=8)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
     for _ in range(400):
-        recon, mu, logvar, _ = vae(x, cond, eps=torch.zeros(16, 16))
+        recon, mu, logvar, *_ = vae(x, cond, eps=torch.zeros(16, 16))
         loss = (recon - x).pow(2).mean()
         opt.zero_grad()
         loss.backward()

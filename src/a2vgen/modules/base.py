@@ -180,7 +180,7 @@ class BaseGeneratorModule(LightningModule):
         noisy = None
         if self.training and hp.input_noise > 0:
             noisy = audio + hp.input_noise * torch.randn_like(audio)
-        recon, mu, logvar, target = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
+        recon, mu, logvar, target, cond_mean = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
         if hp.objective == "original":
             parts = vae_loss_terms(recon, target, mu, logvar)
             parts["loss"] = (
@@ -188,11 +188,14 @@ class BaseGeneratorModule(LightningModule):
             )
             return parts
         parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var)
+        sq = (cond_mean - target).pow(2)  # the class mean from the conditioning alone: a calibrated regression
+        var = sq.detach().mean(0).clamp_min(hp.min_noise_var)
+        parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(1).sum(1)
         if self.training and audio.shape[0] > 1:
             net.track_latents(mu.detach(), logvar.detach())
             self._calibrate_sampling_noise(net, target, cond, cond_index)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
-        parts["loss"] = (parts["nll"] + kl_weight * parts["kl"]) / target[0].numel()
+        parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / target[0].numel()
         return parts
 
     @torch.no_grad()

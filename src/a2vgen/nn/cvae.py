@@ -20,6 +20,7 @@ class VAEOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
     target: torch.Tensor
+    cond_mean: torch.Tensor
 
 
 class ConditionedLinear(nn.Module):
@@ -83,6 +84,11 @@ class ConditionalVAE(nn.Module):
     - ``noise_var``: per-element variance that decoded latents do not reproduce; :meth:`sample` adds it
       as noise, so samples carry the spread the latent does not explain instead of only the decoder's
       mean.
+
+    A linear ``mean_head`` maps the conditioning vector to the class mean; the decoder adds the
+    latent's part to it, and the encoder sees the audio minus that mean. The latent then codes how a
+    clip differs from its class, not which class it is (which the conditioning already says), so a
+    generator of many classes cannot ignore its conditioning and mix classes when it samples.
     """
 
     def __init__(
@@ -107,6 +113,10 @@ class ConditionalVAE(nn.Module):
         c = cond_width if cond_shapes else 0
         self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
         self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
+        self.mean_head = nn.Linear(c, flat) if c else None
+        if self.mean_head is not None:
+            nn.init.zeros_(self.mean_head.weight)
+            nn.init.zeros_(self.mean_head.bias)
 
     @property
     def conditional(self) -> bool:
@@ -151,9 +161,15 @@ class ConditionalVAE(nn.Module):
         mu, logvar = self.encoder(x.flatten(1), c).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
 
+    def cond_mean(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The standardized class mean ``[n, L, D]`` predicted from conditioning vectors ``c`` (0 without)."""
+        if self.mean_head is None:
+            return self.noise_var.new_zeros(n, *self.audio_shape)
+        return self.mean_head(c).view(n, *self.audio_shape)
+
     def decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Standardized audio tokens ``[B, L, D]`` (the decoder's mean) for latents ``z`` given ``c``."""
-        return self.decoder(z, c).view(z.shape[0], *self.audio_shape)
+        return self.cond_mean(c, z.shape[0]) + self.decoder(z, c).view(z.shape[0], *self.audio_shape)
 
     def forward(
         self,
@@ -166,11 +182,13 @@ class ConditionalVAE(nn.Module):
         """Reconstruct ``x``; ``encoder_input`` (e.g. a noised ``x``) replaces ``x`` for the encoder only."""
         c = self.condition(cond, cond_index)
         target = self.audio_norm(x)
-        mu, logvar = self.encode(target if encoder_input is None else self.audio_norm(encoder_input), c)
+        mean = self.cond_mean(c, x.shape[0])
+        seen = target if encoder_input is None else self.audio_norm(encoder_input)
+        mu, logvar = self.encode(seen - mean.detach(), c)
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
-        return VAEOutput(self.decode(z, c), mu, logvar, target)
+        return VAEOutput(self.decode(z, c), mu, logvar, target, mean)
 
     @torch.no_grad()
     def sample(
