@@ -7,26 +7,65 @@ import logging
 import operator
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
 
+import torch
+import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from a2vgen.data.datamodule import FederatedDataModule
+from a2vgen.errors import UserError
 from a2vgen.federation.trainer import FederatedTrainer
-from a2vgen.modules.base import BaseGeneratorModule
+from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 
 log = logging.getLogger("a2vgen")
+
+LIGHTNING = ("fit", "validate", "test", "predict")
+CONFIG_KEY = "a2vgen_config"  # the run's config (YAML text) inside its checkpoints
+USAGE = """usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report} ...
+
+  fit        train the generators of a federation (a2vgen fit --config configs/demo.yaml)
+  validate   losses per key and client on every client's val split (--ckpt_path alone works)
+  test       the same on the test split
+  predict    synthetic samples of every class into the run folder (--ckpt_path alone works)
+  sample     synthetic embeddings per class from a checkpoint
+  export     one safetensors + JSON file per generator key from a checkpoint
+  embed      build the embedding cache of a raw dataset (ESC-50)
+  report     plots and tables of a run's evaluation
+
+  --debug (or A2VGEN_DEBUG=1) shows the traceback of a user error.
+  a2vgen <command> --help lists a command's options."""
+
+
+class RunConfig(SaveConfigCallback):
+    """Save the run's config as ``config.yaml`` in its run folder when fitting, and inside every checkpoint
+    (so that ``validate``/``test``/``predict``/``sample`` work from ``--ckpt_path`` alone)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        checkpoint[CONFIG_KEY] = yaml.safe_dump({k: config[k] for k in ("seed_everything", "trainer", "model", "data")})
 
 
 class A2VGenCLI(LightningCLI):
     """LightningCLI with the data's classes and shapes linked into the generator module, and the adapter
-    trained exactly when the run is not generator-only (full mode)."""
+    trained exactly when the run is not generator-only (full mode). A checkpoint's hyperparameters never
+    silently replace the command line: the trainer compares them (see :mod:`a2vgen.federation.compat`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in ("classes", "audio_shape", "cond_shapes", "class_cond"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the config with the checkpoint's hyperparameters: compared instead."""
 
 
 def run_lightning(args: list[str] | None, run: bool = True) -> A2VGenCLI:
@@ -36,10 +75,33 @@ def run_lightning(args: list[str] | None, run: bool = True) -> A2VGenCLI:
         subclass_mode_model=True,
         datamodule_class=FederatedDataModule,
         trainer_class=FederatedTrainer,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
         args=args,
         run=run,
     )
+
+
+def config_from_checkpoint(args: list[str]) -> list[str]:
+    """``validate``/``test``/``predict --ckpt_path C`` without ``--config``: use the config stored in ``C``."""
+    if len(args) < 2 or args[0] not in LIGHTNING[1:] or any(a in ("--config", "-c", "--help", "-h") for a in args):
+        return args
+    ckpt = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), None)
+    if ckpt is None:
+        return args
+    if not os.path.isfile(ckpt):
+        raise UserError(f"checkpoint not found: {ckpt}")
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(CONFIG_KEY)
+    except Exception as err:
+        raise UserError(f"{ckpt}: not a readable checkpoint ({type(err).__name__})") from err
+    if stored is None:
+        raise UserError(f"{ckpt} holds no run config (written before a2vgen stored it): add --config <fit config>")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="a2vgen-ckpt-config-") as file:
+        file.write(stored)
+    return [args[0], "--config", file.name, *args[1:]]
 
 
 def sample_command(args: list[str]) -> None:
@@ -58,6 +120,8 @@ def sample_command(args: list[str]) -> None:
     )  # fmt: skip
     parser.add_argument("--pipeline", type=str | None, default=None, help="diffusers model id or folder")
     cfg = parser.parse_args(args)
+    if cfg.num_samples < 1:
+        raise UserError(f"--num_samples must be >= 1 (got {cfg.num_samples})")
     if cfg.prompt is not None:
         if not cfg.pipeline:
             raise ValueError("--prompt needs --pipeline (the text encoders that define the conditioning)")
@@ -107,6 +171,16 @@ TOOLS: dict[str, Callable[[list[str]], None]] = {
 }
 
 
+# Mistakes in what the user asked for: one line, exit 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, CheckpointMismatchError, FileNotFoundError, ValueError, KeyError, ImportError,
+               MisconfigurationException, NotImplementedError)  # fmt: skip
+REFUSED_ARGS = {
+    "--optimizer": "a2vgen builds one AdamW per generator bank (its per-key reset drops that optimizer's state): "
+    "set model.init_args.lr / weight_decay, or override build_optimizer in a module subclass",
+    "--lr_scheduler": "learning-rate schedulers are not supported by the federated loop yet",
+}
+
+
 def _configure_logging() -> None:
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -115,22 +189,56 @@ def _configure_logging() -> None:
         log.setLevel(logging.INFO)
 
 
+def _run(args: list[str], from_argv: bool) -> None:
+    if args and args[0] in TOOLS:
+        TOOLS[args[0]](args[1:])
+        return
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    for flag, why in REFUSED_ARGS.items():
+        if any(a == flag or a.startswith(flag + "=") or a.startswith(flag + ".") for a in args):
+            raise UserError(f"{flag} is not supported: {why}")
+    args = config_from_checkpoint(args)
+    if from_argv:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv (it warns when given both)
+    run_lightning(None if from_argv else args)
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``a2vgen`` console script (returns ``None``; errors exit non-zero)."""
+    """Entry point of the ``a2vgen`` console script (returns ``None``; errors exit non-zero).
+
+    User errors print ``a2vgen <command>: error: <what, where, how to fix>`` and exit 2; ``--debug`` (or
+    ``A2VGEN_DEBUG=1``) prints their traceback too. Internal errors keep their tracebacks.
+    """
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
+    debug = os.environ.get("A2VGEN_DEBUG", "") not in ("", "0") or "--debug" in args
+    if "--debug" in args:
+        args.remove("--debug")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user subclasses load by class_path from the working directory
     _configure_logging()
-    if args and args[0] in TOOLS:
-        try:
-            TOOLS[args[0]](args[1:])
-        except (FileNotFoundError, ValueError, KeyError, ImportError, TypeError) as err:
-            log.error("%s: %s", args[0], err.args[0] if isinstance(err, KeyError) else err)
-            raise SystemExit(1) from err
-        return
-    if args and args[0] in ("-h", "--help"):
-        print(
-            "usage: a2vgen {fit,validate,test,predict,sample,export,embed,report} ...  (see: a2vgen <command> --help)"
-        )
-    run_lightning(None if from_argv else args)
+    try:
+        _run(args, from_argv)
+    except USER_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        command = args[0] if args else ""
+        sys.stderr.write(f"a2vgen {command}: error: {_message(err)}\n")
+        if not debug:
+            sys.stderr.write("(run with --debug or A2VGEN_DEBUG=1 for the traceback)\n")
+        raise SystemExit(2) from None
+
+
+def _message(err: BaseException) -> str:
+    """The first line of an error's message; errors re-raised by jsonargparse are unwrapped to their cause."""
+    while err.__cause__ is not None and type(err).__name__ in ("ArgumentError", "NSKeyError"):
+        err = err.__cause__
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    line = str(text).strip().splitlines()[0] if str(text).strip() else type(err).__name__
+    return line if len(line) <= 800 else line[:800] + " ..."
+
+
+if __name__ == "__main__":
+    main()
