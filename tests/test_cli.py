@@ -164,13 +164,13 @@ def test_unknown_config_key_is_an_error(workdir, capsys):
     assert "max_roundz" in capsys.readouterr().err
 
 
-def test_unknown_class_names_the_available_ones(workdir, caplog):
+def test_unknown_class_names_the_available_ones(workdir, capsys):
     main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
     ckpt = run_dir(workdir, "demo") / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit) as err:
         main(["sample", "--ckpt_path", str(ckpt), "--classes", "[unicorn]"])
-    assert err.value.code == 1
-    assert "unknown class 'unicorn'; available classes: ['dog'" in caplog.text
+    assert err.value.code == 2
+    assert "a2vgen sample: error: unknown class 'unicorn'; available classes: ['dog'" in capsys.readouterr().err
 
 
 def test_bad_class_path_is_an_error(workdir, capsys):
@@ -180,19 +180,19 @@ def test_bad_class_path_is_an_error(workdir, capsys):
     assert "nowhere.Generator" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_is_an_error(workdir, caplog):
+def test_missing_checkpoint_is_an_error(workdir, capsys):
     with pytest.raises(SystemExit) as err:
         main(["sample", "--ckpt_path", "missing.ckpt"])
-    assert err.value.code == 1 and "checkpoint not found: missing.ckpt" in caplog.text
+    assert err.value.code == 2 and "a2vgen sample: error: checkpoint not found: missing.ckpt" in capsys.readouterr().err
 
 
-def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, caplog):
+def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, capsys):
     Path("junk.ckpt").write_bytes(b"not a checkpoint")
     torch.save({"state_dict": {}}, "foreign.ckpt")
     for path, message in [("junk.ckpt", "not a readable checkpoint"), ("foreign.ckpt", "not an a2vgen checkpoint")]:
         with pytest.raises(SystemExit):
             main(["export", "--ckpt_path", path])
-        assert message in caplog.text
+        assert message in capsys.readouterr().err
 
 
 def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
