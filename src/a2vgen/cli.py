@@ -231,9 +231,14 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+JSONARGPARSE_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
 def _message(err: BaseException) -> str:
     """The first line of an error's message; errors re-raised by jsonargparse are unwrapped to their cause."""
-    while err.__cause__ is not None and type(err).__name__ in ("ArgumentError", "NSKeyError"):
+    while err.__cause__ is not None and (
+        type(err).__module__.startswith("jsonargparse") or str(err).startswith(JSONARGPARSE_WRAPPERS)
+    ):
         err = err.__cause__
     text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     line = str(text).strip().splitlines()[0] if str(text).strip() else type(err).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -172,6 +173,9 @@ class FederatedTrainer(Trainer):
         except Exception:
             if folder is not None and not existed and _holds_only_config(folder):
                 shutil.rmtree(folder, ignore_errors=True)
+                for parent in (folder.parent, folder.parent.parent):  # <save_dir>/<name>, <save_dir> if empty
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
             raise
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose=True, datamodule=None, weights_only=True):
