@@ -3,6 +3,7 @@ report."""
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 import os
@@ -142,6 +143,9 @@ def export_command(args: list[str]) -> None:
     parser.add_argument("--out_dir", type=str, default="exports", help="output folder")
     cfg = parser.parse_args(args)
     written = export_checkpoint(cfg.ckpt_path, cfg.out_dir)
+    untrained = [p.stem for p in written if p.suffix == ".json" and json.loads(p.read_text()).get("age") == 0]
+    if untrained:
+        log.warning("never trained (age 0, no class seen): %s; their exports hold initial weights", untrained)
     print(f"wrote {len(written)} files to {cfg.out_dir}")
 
 

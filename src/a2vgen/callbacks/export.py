@@ -23,6 +23,8 @@ class ExportGenerators(Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer, module) -> None:
+        if trainer.fast_dev_run:  # a smoke test writes nothing, like Lightning's checkpoints and logs
+            return
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "exports")
         loop = trainer.fit_loop
         banks = loop.generators.banks() if loop.config.aggregation == "none" else {}

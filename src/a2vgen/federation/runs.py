@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import socket
+import string
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,10 +47,8 @@ def prepare_logger(logger: Logger) -> None:
     """Give a W&B logger its run id now (its run folder is known before training), fall back to offline
     when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv`` on resume."""
     if isinstance(logger, WandbLogger) and logger._experiment is None:
-        if logger._id is None:
-            from wandb.util import generate_id
-
-            set_version(logger, generate_id())
+        if logger._id is None:  # a W&B-style run id: 8 lowercase letters and digits
+            set_version(logger, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
         _offline_without_network(logger)
 
 
