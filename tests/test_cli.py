@@ -210,7 +210,7 @@ def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
     shutil.rmtree(workdir / "runs")
 
 
-def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(workdir, capsys):
+def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(workdir, capsys, caplog):
     main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
     run = run_dir(workdir, "demo")
     config = (run / "config.yaml").read_text()
@@ -226,8 +226,11 @@ def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(
     assert samples.audio.shape == (3 * len(samples.classes), 4, 768)
     assert samples.labels.bincount().tolist() == [3] * len(samples.classes)
     assert (run / "config.yaml").read_text() == config  # the fit's config is kept
-    main(["export", "--ckpt_path", ckpt, "--out_dir", "exp"])
-    assert (workdir / "exp" / "dog.json").is_file()
+    shutil.rmtree(run / "exports")
+    main(["export", "--ckpt_path", ckpt])  # beside the checkpoint, in its run folder
+    assert (run / "exports" / "dog.json").is_file()
+    # rooster and church_bells arrive in round 3 of the demo: 2 rounds never train them
+    assert "never trained (age 0, no class seen): ['church_bells', 'rooster']" in caplog.text
 
 
 DEMO = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL]
@@ -357,7 +360,9 @@ def test_off_a_terminal_the_log_has_one_line_per_visit_and_no_bar(workdir, capsy
     assert len(lines) == 6
 
 
-def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder(workdir, monkeypatch, caplog):
+def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder_and_resumes_its_id(
+    workdir, monkeypatch, caplog
+):
     wandb.finish()  # a run left open by an earlier test would be reused
     monkeypatch.delenv("WANDB_MODE", raising=False)
     with socket.socket() as closed:  # a port on 127.0.0.1 that nothing listens on
@@ -372,4 +377,9 @@ def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder(workd
     assert (run / "config.yaml").is_file() and list((run / "exports").glob("*.json"))
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (workdir / "runs" / "config.yaml").exists()
     assert list((workdir / "runs" / "wandb").glob(f"offline-run-*-{run.name}"))
+    wandb.finish()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main([*DEMO, "--ckpt_path", "last", "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])
+    assert f"resuming run runs/a2vgen/{run.name} from last.ckpt" in caplog.text
+    assert [p.name for p in (workdir / "runs" / "a2vgen").iterdir()] == [run.name]  # the same W&B run id
     wandb.finish()

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import yaml
@@ -105,6 +106,12 @@ def config_from_checkpoint(args: list[str]) -> list[str]:
     return [args[0], "--config", file.name, *args[1:]]
 
 
+def beside(ckpt_path: str) -> Path:
+    """The run folder of a checkpoint (``<run>/checkpoints/x.ckpt``), else the checkpoint's folder."""
+    folder = Path(ckpt_path).parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
 def sample_command(args: list[str]) -> None:
     from a2vgen.export import write_prompt_samples, write_samples
 
@@ -112,7 +119,10 @@ def sample_command(args: list[str]) -> None:
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by a2vgen fit")
     parser.add_argument("--classes", type=list[str] | None, default=None, help="classes to sample (default: all)")
     parser.add_argument("--num_samples", type=int, default=16, help="samples per class")
-    parser.add_argument("--out", type=str, default="samples.safetensors", help="output file (a2vgen embedding layout)")
+    parser.add_argument(
+        "--out", type=str | None, default=None,
+        help="output file (a2vgen embedding layout; default: samples.safetensors in the checkpoint's run folder)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument(
         "--prompt", type=str | None, default=None,
@@ -123,6 +133,7 @@ def sample_command(args: list[str]) -> None:
     cfg = parser.parse_args(args)
     if cfg.num_samples < 1:
         raise UserError(f"--num_samples must be >= 1 (got {cfg.num_samples})")
+    cfg.out = cfg.out or str(beside(cfg.ckpt_path) / "samples.safetensors")
     if cfg.prompt is not None:
         if not cfg.pipeline:
             raise ValueError("--prompt needs --pipeline (the text encoders that define the conditioning)")
@@ -140,10 +151,16 @@ def export_command(args: list[str]) -> None:
 
     parser = ArgumentParser(prog="a2vgen export", description="One safetensors + JSON file per generator key.")
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by a2vgen fit")
-    parser.add_argument("--out_dir", type=str, default="exports", help="output folder")
+    parser.add_argument(
+        "--out_dir",
+        type=str | None,
+        default=None,
+        help="output folder (default: exports in the checkpoint's run folder)",
+    )
     cfg = parser.parse_args(args)
+    cfg.out_dir = cfg.out_dir or str(beside(cfg.ckpt_path) / "exports")
     written = export_checkpoint(cfg.ckpt_path, cfg.out_dir)
-    untrained = [p.stem for p in written if p.suffix == ".json" and json.loads(p.read_text()).get("age") == 0]
+    untrained = sorted(p.stem for p in written if p.suffix == ".json" and json.loads(p.read_text()).get("age") == 0)
     if untrained:
         log.warning("never trained (age 0, no class seen): %s; their exports hold initial weights", untrained)
     print(f"wrote {len(written)} files to {cfg.out_dir}")

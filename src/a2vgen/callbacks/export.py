@@ -33,3 +33,8 @@ class ExportGenerators(Callback):
         else:
             written = [p for cid, bank in banks.items() for p in export_bank(module, bank, out, client=cid)]
         log.info("exported %d generator files to %s", len(written), out)
+        untrained = sorted({key for bank in (banks or {None: module.bank}).values() for key, slot in bank.items()
+                            if int(slot.age) == 0})  # fmt: skip
+        if untrained:
+            log.warning("generators %s were never trained (age 0, no class seen): their exports hold initial weights",
+                        untrained)  # fmt: skip

@@ -82,9 +82,8 @@ def readable(path: Path) -> bool:
     return True
 
 
-def resume_checkpoint(run: Path) -> Path:
-    """``last.ckpt`` of ``run``, or its newest intact round checkpoint (with a warning) when that is damaged."""
-    folder = run / "checkpoints"
+def resume_checkpoint(folder: Path) -> Path:
+    """``last.ckpt`` in ``folder``, or the newest intact round checkpoint (with a warning) when it is damaged."""
     candidates = [folder / LAST] + sorted(folder.glob("round-*.ckpt"), reverse=True)
     for path in candidates:
         if path.is_file() and readable(path):
@@ -93,17 +92,20 @@ def resume_checkpoint(run: Path) -> Path:
             return path
         if path.is_file():
             log.warning("%s is damaged (not a readable checkpoint): skipped", path)
-    raise UserError(f"{run}: no readable checkpoint in {folder} to resume from")
+    raise UserError(f"no readable checkpoint in {folder} to resume from")
 
 
-def resolve_resume(ckpt_path: str, logger: Logger | None) -> Path:
+def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | None = None) -> Path:
     """The checkpoint ``fit --ckpt_path`` means, pointing ``logger`` at the run it continues.
 
-    ``last``: the newest run of this config's logger (``<save_dir>/<name>``); a run folder: that run; a
-    checkpoint file inside a run's ``checkpoints/``: that run, continued in its own folder.
+    ``last``: the newest run of this config's logger (``<save_dir>/<name>``), or the newest checkpoint in
+    ``checkpoint_dir`` when checkpoints go to a fixed folder; a run folder: that run; a checkpoint file
+    inside a run's ``checkpoints/``: that run, continued in its own folder; another file: a new run.
     """
     root = run_root(logger) if logger is not None else None
     path = Path(ckpt_path)
+    if ckpt_path == "last" and checkpoint_dir is not None:
+        return resume_checkpoint(Path(checkpoint_dir))
     if ckpt_path == "last":
         run = newest_run(root) if root is not None else None
         if run is None:
@@ -115,7 +117,7 @@ def resolve_resume(ckpt_path: str, logger: Logger | None) -> Path:
         run = path.parent if path.name == "checkpoints" else path
     elif path.is_file():
         run = path.parent.parent if path.parent.name == "checkpoints" else None
-        if run is not None and logger is not None and root is not None and run.parent.resolve() == root.resolve():
+        if run is not None and _same(run.parent, root):
             set_version(logger, run.name)
             log.info("resuming run %s from %s", run, path)
         else:
@@ -123,11 +125,15 @@ def resolve_resume(ckpt_path: str, logger: Logger | None) -> Path:
         return path
     else:
         raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file or run folder")
-    ckpt = resume_checkpoint(run)
-    if logger is not None and root is not None and run.parent.resolve() == root.resolve():
+    ckpt = resume_checkpoint(run / "checkpoints")
+    if _same(run.parent, root):
         set_version(logger, run.name)
     log.info("resuming run %s from %s", run, ckpt.name)
     return ckpt
+
+
+def _same(folder: Path, root: Path | None) -> bool:
+    return root is not None and folder.resolve() == root.resolve()
 
 
 def _offline_without_network(logger: WandbLogger, timeout: float = 5.0) -> None:

@@ -161,7 +161,8 @@ class FederatedTrainer(Trainer):
         A run that fails before writing metrics or checkpoints (e.g. a config error) leaves no folder behind.
         """
         if ckpt_path is not None:
-            ckpt_path = str(resolve_resume(str(ckpt_path), self.loggers[0] if self.loggers else None))
+            fixed = next((c.dirpath for c in self.callbacks if isinstance(c, RoundCheckpoint) and c.dirpath), None)
+            ckpt_path = str(resolve_resume(str(ckpt_path), self.loggers[0] if self.loggers else None, fixed))
             check_checkpoint(model, ckpt_path, resuming=True)
         folder = Path(self.log_dir) if self.loggers and self.log_dir else None
         existed = folder is not None and folder.exists()
