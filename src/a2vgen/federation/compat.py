@@ -12,10 +12,17 @@ from a2vgen.errors import UserError
 log = logging.getLogger(__name__)
 
 # Module arguments that only steer future training: a resume applies the new value and logs it.
+# (``kl_weight``, ``min_noise_var``: the ELBO objective's weights, where the module has them.)
 MUTABLE = (
     "lr", "weight_decay", "input_noise", "grad_clip", "beta_max", "beta_warmup_epochs",
-    "sim_weight_start", "sim_weight_end", "sim_decay_epochs", "adapter_weight",
+    "sim_weight_start", "sim_weight_end", "sim_decay_epochs", "adapter_weight", "kl_weight", "min_noise_var",
 )  # fmt: skip
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
 
 
 def _class_path(module) -> str:
@@ -38,7 +45,7 @@ def check_checkpoint(module, ckpt_path: str | Path, resuming: bool) -> None:
     if meta.get("class_path") != _class_path(module):
         diffs.append(f"model: checkpoint {meta.get('class_path')}, this run {_class_path(module)}")
     for name in sorted(set(saved) | set(mine)):
-        if name.startswith("_") or name in MUTABLE or saved.get(name) == mine.get(name):
+        if name.startswith("_") or name in MUTABLE or _equal(saved.get(name), mine.get(name)):
             continue
         diffs.append(f"model.init_args.{name}: checkpoint {saved.get(name)!r}, this run {mine.get(name)!r}")
     if diffs:
@@ -48,5 +55,5 @@ def check_checkpoint(module, ckpt_path: str | Path, resuming: bool) -> None:
             + " (a resume may change only lr, weight_decay, input_noise, grad_clip, the loss schedule, adapter_weight)"
         )
     for name in MUTABLE if resuming else ():
-        if name in saved and saved[name] != mine.get(name):
+        if name in saved and not _equal(saved[name], mine.get(name)):
             log.info("resume: model.init_args.%s %r -> %r (checkpoint -> this run)", name, saved[name], mine.get(name))
