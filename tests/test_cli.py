@@ -378,7 +378,6 @@ def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder_and_r
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (workdir / "runs" / "config.yaml").exists()
     assert list((workdir / "runs" / "wandb").glob(f"offline-run-*-{run.name}"))
     wandb.finish()
-    monkeypatch.setenv("WANDB_MODE", "offline")
     main([*DEMO, "--ckpt_path", "last", "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])
     assert f"resuming run runs/a2vgen/{run.name} from last.ckpt" in caplog.text
     assert [p.name for p in (workdir / "runs" / "a2vgen").iterdir()] == [run.name]  # the same W&B run id
