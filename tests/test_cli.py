@@ -1,15 +1,21 @@
 """The a2vgen command in-process: shipped configs, presets, sampling/export, README options, errors."""
 
+import csv
 import inspect
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import wandb
 import yaml
+from lightning.pytorch.callbacks import ModelSummary
 
-from a2vgen.cli import main
+from a2vgen.callbacks import RoundCheckpoint
+from a2vgen.cli import main, run_lightning
 from a2vgen.data.embeddings import load_embeddings
 from a2vgen.export import load_exported
 from tiny_models import build_tiny_sd
@@ -164,13 +170,13 @@ def test_unknown_config_key_is_an_error(workdir, capsys):
     assert "max_roundz" in capsys.readouterr().err
 
 
-def test_unknown_class_names_the_available_ones(workdir, caplog):
+def test_unknown_class_names_the_available_ones(workdir, capsys):
     main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
     ckpt = run_dir(workdir, "demo") / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit) as err:
         main(["sample", "--ckpt_path", str(ckpt), "--classes", "[unicorn]"])
-    assert err.value.code == 1
-    assert "unknown class 'unicorn'; available classes: ['dog'" in caplog.text
+    assert err.value.code == 2
+    assert "a2vgen sample: error: unknown class 'unicorn'; available classes: ['dog'" in capsys.readouterr().err
 
 
 def test_bad_class_path_is_an_error(workdir, capsys):
@@ -180,19 +186,19 @@ def test_bad_class_path_is_an_error(workdir, capsys):
     assert "nowhere.Generator" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_is_an_error(workdir, caplog):
+def test_missing_checkpoint_is_an_error(workdir, capsys):
     with pytest.raises(SystemExit) as err:
         main(["sample", "--ckpt_path", "missing.ckpt"])
-    assert err.value.code == 1 and "checkpoint not found: missing.ckpt" in caplog.text
+    assert err.value.code == 2 and "a2vgen sample: error: checkpoint not found: missing.ckpt" in capsys.readouterr().err
 
 
-def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, caplog):
+def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, capsys):
     Path("junk.ckpt").write_bytes(b"not a checkpoint")
     torch.save({"state_dict": {}}, "foreign.ckpt")
     for path, message in [("junk.ckpt", "not a readable checkpoint"), ("foreign.ckpt", "not an a2vgen checkpoint")]:
         with pytest.raises(SystemExit):
             main(["export", "--ckpt_path", path])
-        assert message in caplog.text
+        assert message in capsys.readouterr().err
 
 
 def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
@@ -204,17 +210,175 @@ def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
     shutil.rmtree(workdir / "runs")
 
 
-def test_validate_test_and_predict_from_a_checkpoint(workdir, capsys):
-    config = ["--config", str(ROOT / "configs" / "demo.yaml"), *SMALL]
-    main(["fit", *config])
-    ckpt = str(run_dir(workdir, "demo") / "checkpoints" / "last.ckpt")
+def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(workdir, capsys, caplog):
+    main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL])
+    run = run_dir(workdir, "demo")
+    config = (run / "config.yaml").read_text()
+    ckpt = str(run / "checkpoints" / "last.ckpt")
     capsys.readouterr()
-    main(["validate", *config, "--ckpt_path", ckpt])
+    main(["validate", "--ckpt_path", ckpt])
     assert "val/dog/loss" in capsys.readouterr().out
-    main(["test", *config, "--ckpt_path", ckpt])
+    main(["test", "--ckpt_path", ckpt])
     assert "test/dog/loss" in capsys.readouterr().out
-    main(["predict", *config, "--ckpt_path", ckpt, "--data.predict_samples", "3"])
-    (path,) = (workdir / "runs" / "demo").glob("version_*/samples.safetensors")
-    samples = load_embeddings(path)
+    main(["predict", "--ckpt_path", ckpt, "--data.predict_samples", "3"])
+    assert [p.name for p in (workdir / "runs" / "demo").iterdir()] == [run.name]  # no new run folder
+    samples = load_embeddings(run / "samples.safetensors")
     assert samples.audio.shape == (3 * len(samples.classes), 4, 768)
     assert samples.labels.bincount().tolist() == [3] * len(samples.classes)
+    assert (run / "config.yaml").read_text() == config  # the fit's config is kept
+    shutil.rmtree(run / "exports")
+    main(["export", "--ckpt_path", ckpt])  # beside the checkpoint, in its run folder
+    assert (run / "exports" / "dog.json").is_file()
+    # rooster and church_bells arrive in round 3 of the demo: 2 rounds never train them
+    assert "never trained (age 0, no class seen): ['church_bells', 'rooster']" in caplog.text
+
+
+DEMO = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL]
+
+
+def visit_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as file:
+        return [row for row in csv.DictReader(file) if row["client_seconds"]]
+
+
+def test_resume_by_name_continues_the_newest_run_with_one_metrics_file(workdir, caplog):
+    main([*DEMO, "--trainer.max_rounds", "1"])
+    main([*DEMO, "--trainer.max_rounds", "2", "--ckpt_path", "last", "--model.init_args.lr", "0.5"])
+    run = run_dir(workdir, "demo")  # one run folder
+    assert "resuming run runs/demo/version_0 from last.ckpt" in caplog.text
+    assert "resume: model.init_args.lr 0.001 -> 0.5 (checkpoint -> this run)" in caplog.text
+    assert [int(r["step"]) for r in visit_rows(run)] == [0, 1, 2, 3, 4, 5]  # 3 clients x 2 rounds, each once
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]} == {0.5}
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 0.5
+    main([*DEMO, "--trainer.max_rounds", "3", "--ckpt_path", str(run)])  # the explicit form: a run folder
+    assert [int(r["step"]) for r in visit_rows(run)] == list(range(9))
+
+
+def test_resume_without_a_run_or_against_the_checkpoint_is_one_clear_error(workdir, capsys):
+    with pytest.raises(SystemExit) as err:
+        main([*DEMO, "--ckpt_path", "last"])
+    assert err.value.code == 2
+    assert "a2vgen fit: error: --ckpt_path last: no run with checkpoints under runs/demo to resume" in (
+        capsys.readouterr().err
+    )
+    main([*DEMO, "--trainer.max_rounds", "1"])
+    with pytest.raises(SystemExit) as err:
+        main([*DEMO, "--ckpt_path", "last", "--model", "a2vgen.modules.UnifiedGenerator",
+              "--model.init_args.hidden_dim", "32"])  # fmt: skip
+    assert err.value.code == 2
+    (line, hint) = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert line.startswith("a2vgen fit: error: runs/demo/version_0/checkpoints/last.ckpt does not match this configur")
+    assert "model: checkpoint a2vgen.modules.granularity.PerClassGenerator, this run a2vgen.modules.granularity." \
+        "UnifiedGenerator; model.init_args.hidden_dim: checkpoint 16, this run 32" in line  # fmt: skip
+    assert hint == "(run with --debug or A2VGEN_DEBUG=1 for the traceback)"
+
+
+@pytest.mark.parametrize(("option", "instead"), [("max_epochs", "trainer.max_rounds and trainer.local_epochs"),
+                                                 ("max_steps", "trainer.max_rounds, trainer.local_epochs")])  # fmt: skip
+def test_epoch_and_step_limits_are_refused_naming_the_federated_option(workdir, capsys, option, instead):
+    with pytest.raises(SystemExit) as err:
+        main([*DEMO, f"--trainer.{option}", "1"])
+    assert err.value.code == 2
+    assert f"a2vgen fit: error: trainer.{option}=1 has no meaning in a federated fit: set {instead}" in (
+        capsys.readouterr().err
+    )
+    assert not (workdir / "runs").exists()
+
+
+def test_limit_train_batches_limits_each_visit_and_fast_dev_run_is_one_round_of_one_batch(workdir, caplog):
+    main([*DEMO, "--trainer.limit_train_batches", "1"])
+    ckpt = torch.load(run_dir(workdir, "demo") / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 3 * 2  # rounds x clients x local epochs, one batch each
+    shutil.rmtree(workdir / "runs")
+    caplog.clear()
+    main([*DEMO, "--trainer.fast_dev_run", "true"])
+    visits = re.findall(r"round (\d)/(\d) client \d", caplog.text)
+    assert visits == [("1", "1")] * 3
+    assert not (workdir / "runs").exists() and not (workdir / "exports").exists()  # a smoke test writes nothing
+
+
+def test_no_sanity_check_or_model_summary_under_the_cli_and_optimizer_override_refused(workdir, capsys):
+    cli = run_lightning(["--config", str(ROOT / "configs" / "demo.yaml")], run=False)
+    assert cli.trainer.num_sanity_val_steps == 0
+    assert not any(isinstance(c, ModelSummary) for c in cli.trainer.callbacks)
+    with pytest.raises(SystemExit) as err:
+        main([*DEMO, "--optimizer", "SGD"])
+    assert err.value.code == 2
+    assert "a2vgen fit: error: --optimizer is not supported: a2vgen builds one AdamW per generator bank" in (
+        capsys.readouterr().err
+    )
+
+
+def test_checkpoint_preset_replaces_the_configs_own_and_takes_every_n_visits(workdir):
+    cli = run_lightning(["--config", str(ROOT / "configs" / "demo.yaml"),
+                         "--trainer.callbacks+=" + str(ROOT / "callbacks" / "checkpoint.yaml"),
+                         "--trainer.callbacks.init_args.every_n_visits", "3"], run=False)  # fmt: skip
+    (checkpoint,) = [c for c in cli.trainer.callbacks if isinstance(c, RoundCheckpoint)]
+    assert (checkpoint.every_n_rounds, checkpoint.keep_last, checkpoint.every_n_visits) == (1, 2, 3)
+
+
+def test_help_is_one_consistent_usage(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert out.count("usage:") == 1
+    assert out.startswith("usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report} ...")
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
+    for args in (["sample", "--ckpt_path", "missing.ckpt"], ["sample", "--ckpt_path", "x", "--num_samples", "0"]):
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert err.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt_path", "x", "--num_samples", "-2"])
+    assert "a2vgen sample: error: --num_samples must be >= 1 (got -2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--debug", "sample", "--ckpt_path", "missing.ckpt"])
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("A2VGEN_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt_path", "missing.ckpt"])
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_run_failing_on_its_config_leaves_no_folder(workdir, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(ROOT / "configs" / "per_group.yaml"), *SMALL,
+              "--data.clients", '[{id: "0", classes: [dog], group: machines}]'])  # fmt: skip
+    assert err.value.code == 2
+    assert "a2vgen fit: error: client '0' is pinned to group 'machines'" in capsys.readouterr().err
+    assert not (workdir / "runs").exists()
+
+
+def test_off_a_terminal_the_log_has_one_line_per_visit_and_no_bar(workdir, capsys, caplog):
+    main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), *SMALL[:-2]])  # progress bar on
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err and "client 0:" not in captured.out
+    lines = re.findall(r"round \d/2 client \d \[[^]]+\]: loss \S+=.* \(\d+\.\d\ds\)", caplog.text)
+    assert len(lines) == 6
+
+
+def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder_and_resumes_its_id(
+    workdir, monkeypatch, caplog
+):
+    wandb.finish()  # a run left open by an earlier test would be reused
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with socket.socket() as closed:  # a port on 127.0.0.1 that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    main([*DEMO, "--trainer.max_rounds", "1", "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])
+    assert time.perf_counter() - start < 15
+    assert f"W&B server http://127.0.0.1:{port} unreachable" in caplog.text and "logging offline" in caplog.text
+    (run,) = (workdir / "runs" / "a2vgen").iterdir()
+    assert (run / "config.yaml").is_file() and list((run / "exports").glob("*.json"))
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (workdir / "runs" / "config.yaml").exists()
+    assert list((workdir / "runs" / "wandb").glob(f"offline-run-*-{run.name}"))
+    wandb.finish()
+    main([*DEMO, "--ckpt_path", "last", "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])
+    assert f"resuming run runs/a2vgen/{run.name} from last.ckpt" in caplog.text
+    assert [p.name for p in (workdir / "runs" / "a2vgen").iterdir()] == [run.name]  # the same W&B run id
+    wandb.finish()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from a2vgen.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +19,10 @@ class RoundCheckpoint(ModelCheckpoint):
     Files are ``round-XXXX.ckpt`` and ``last.ckpt`` in ``dirpath`` (default: the logger's run folder).
     Each is written to a temporary file and renamed, so a killed run never leaves a torn checkpoint.
     ``last.ckpt`` is also written when fit stops early, so ``--ckpt_path last`` resumes from there.
+    A failed write (e.g. a full disk) stops the run with an error and leaves the previous files intact.
+    Nothing is written under ``fast_dev_run``. Configured twice (a preset added with ``callbacks+=``), the
+    last one is used; on the command line: ``--trainer.callbacks+=callbacks/checkpoint.yaml
+    --trainer.callbacks.init_args.every_n_visits 1`` (the preset is then the last callback).
 
     Args:
         dirpath: folder for checkpoints.
@@ -48,8 +54,16 @@ class RoundCheckpoint(ModelCheckpoint):
 
     def _save(self, trainer, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(str(tmp), weights_only=False)
-        os.replace(tmp, path)
+        try:
+            trainer.save_checkpoint(str(tmp), weights_only=False)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            kept = path if path.exists() else "none yet"
+            raise UserError(
+                f"cannot write checkpoint {path}: {err.strerror or err}; previous checkpoint: {kept} (intact); "
+                "free space and resume with --ckpt_path last"
+            ) from err
 
     def _save_last(self, trainer, same_as: Path | None = None) -> None:
         """Write ``last.ckpt`` (a hard link to ``same_as`` when that file holds the same state)."""
@@ -64,12 +78,14 @@ class RoundCheckpoint(ModelCheckpoint):
         self.last_model_path = str(path)
 
     def on_client_end(self, trainer, module, visit) -> None:
+        if trainer.fast_dev_run:
+            return
         if self.every_n_visits and trainer.fit_loop.visits % self.every_n_visits == 0:
             self._save_last(trainer)
 
     def on_round_end(self, trainer, module, round: int) -> None:
         final = round >= trainer.federation.max_rounds
-        if round % self.every_n_rounds and not final:
+        if trainer.fast_dev_run or (round % self.every_n_rounds and not final):
             return
         path = None
         if self.keep_last:
@@ -83,5 +99,5 @@ class RoundCheckpoint(ModelCheckpoint):
         self._save_last(trainer, same_as=path)
 
     def on_train_end(self, trainer, module) -> None:
-        if trainer.should_stop and trainer.fit_loop.visits:
+        if trainer.should_stop and trainer.fit_loop.visits and not trainer.fast_dev_run:
             self._save_last(trainer)

@@ -23,6 +23,8 @@ class ExportGenerators(Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer, module) -> None:
+        if trainer.fast_dev_run:  # a smoke test writes nothing, like Lightning's checkpoints and logs
+            return
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "exports")
         loop = trainer.fit_loop
         banks = loop.generators.banks() if loop.config.aggregation == "none" else {}
@@ -31,3 +33,8 @@ class ExportGenerators(Callback):
         else:
             written = [p for cid, bank in banks.items() for p in export_bank(module, bank, out, client=cid)]
         log.info("exported %d generator files to %s", len(written), out)
+        untrained = sorted({key for bank in (banks or {None: module.bank}).values() for key, slot in bank.items()
+                            if int(slot.age) == 0})  # fmt: skip
+        if untrained:
+            log.warning("generators %s were never trained (age 0, no class seen): their exports hold initial weights",
+                        untrained)  # fmt: skip

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from a2vgen.encoders.audio import wav_frames
+
 DEFAULT_SPLITS: dict[str, list[int]] = {"train": [1, 2, 3], "val": [4], "test": [5]}
 COLUMNS = ("filename", "fold", "target", "category")
 
@@ -93,3 +95,6 @@ def check_wav(path: Path) -> None:
         raise ESC50Error(f"corrupt ESC-50 wav {path}: {err}") from err
     if info.frames == 0:
         raise ESC50Error(f"ESC-50 wav {path} has no samples")
+    frames = wav_frames(path)
+    if frames is not None and frames[1] < frames[0]:
+        raise ESC50Error(f"ESC-50 wav {path} is truncated: header {frames[0]} frames, file {frames[1]}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections.abc import Sequence
 from math import gcd
 from pathlib import Path
@@ -11,6 +13,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from scipy.signal import resample_poly
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 DEFAULT_AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -41,17 +45,54 @@ def pad_or_trim(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave, (0, length - len(wave)))
 
 
+def wav_frames(path: Path) -> tuple[int, int] | None:
+    """``(frames in the header, frames in the file)`` of a RIFF/WAVE file (``None``: not a plain WAV)."""
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block = 0
+        while chunk := file.read(8):
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = file.read(size + size % 2)
+                block = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            elif name == b"data":
+                if not block or size == 0xFFFFFFFF:  # no format yet, or a streamed file of unknown length
+                    return None
+                available = path.stat().st_size - file.tell()
+                return size // block, min(size, available) // block
+            else:
+                file.seek(size + size % 2, 1)
+    return None
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, seconds: float | None = 5.0) -> np.ndarray:
-    """Read ``path`` as mono float32 at ``sample_rate``, padded/trimmed to ``seconds`` (None: keep)."""
+    """Read ``path`` as mono float32 at ``sample_rate``, padded/trimmed to ``seconds`` (None: keep).
+
+    A WAV file holding fewer frames than its header declares (a truncated copy) is an error; a clip
+    shorter than ``seconds`` is padded with silence, with a warning naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioReadError(f"audio file not found: {path}")
+    frames = wav_frames(path)
+    if frames is not None and frames[1] < frames[0]:
+        raise AudioReadError(
+            f"audio file {path} is truncated: its header declares {frames[0]} frames, the file holds {frames[1]}; "
+            "copy it again or remove it from the dataset"
+        )
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioReadError(f"cannot read audio file {path}: {err}") from err
     if wave.shape[0] == 0:
         raise AudioReadError(f"audio file {path} has no samples")
+    if seconds is not None and len(wave) < round(seconds * rate):
+        log.warning("audio file %s holds %.2f s, less than clip_seconds=%g: padded with silence",
+                    path, len(wave) / rate, seconds)  # fmt: skip
     wave = resample(to_mono(wave), rate, sample_rate)
     return wave if seconds is None else pad_or_trim(wave, round(seconds * sample_rate))
 

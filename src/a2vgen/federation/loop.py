@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader
 
 from a2vgen.data.clients import ClientSpec
 from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
+from a2vgen.errors import UserError
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
+from a2vgen.federation.metrics_file import RunMetricsWriter
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.state import IndependentGenerators, SharedGenerators
 from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
@@ -87,7 +89,7 @@ class FederatedFitLoop(_FitLoop):
 
     def _attach(self, loader: DataLoader) -> None:
         combined = CombinedLoader(loader, "max_size_cycle")
-        combined.limits = [len(loader)]
+        combined.limits = [visit_batches(len(loader), self.trainer.limit_train_batches)]
         if self._data_fetcher is not None:
             self._data_fetcher.teardown()
         self._combined_loader = combined
@@ -235,18 +237,23 @@ class FederatedFitLoop(_FitLoop):
                      [cid for cid, s in self.round_samples.items() if s.get(key, 0) > 0])  # fmt: skip
 
     def log_visit(self, visit: ClientVisit) -> None:
+        """Log the visit's metrics (flushed now: a crash loses no finished visit) and one summary line."""
         metrics = {"round": float(visit.round), "client_seconds": visit.seconds}
         for key, values in visit.stats.items():
             for part, value in values.items():
                 metrics[f"train/{visit.client.id}/{key}/{part}"] = value
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.visits)
+        flush_loggers(self.trainer)
         summary = ", ".join(f"{k}={v['loss']:.4g}" for k, v in visit.stats.items())
-        log.info("client %s: round %d done in %.2fs, loss %s", visit.client.id, visit.round, visit.seconds, summary)
+        log.info("round %d/%d client %s %s: loss %s (%.2fs)", visit.round, self.config.max_rounds,
+                 visit.client.id, visit.classes, summary, visit.seconds)  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self) -> dict:
+        flush_loggers(self.trainer)  # the checkpoint covers exactly the metric rows on disk now
         return {
+            "metrics_rows": metrics_rows(self.trainer),
             "round": self.round,
             "position": self.position,
             "visits": self.visits,
@@ -268,4 +275,49 @@ class FederatedFitLoop(_FitLoop):
         self.round, self.position, self.visits = state["round"], state["position"], state["visits"]
         self.round_samples = state["round_samples"]
         self.generators.load_state_dict(state["generators"])
+        truncate_metrics(self.trainer, state.get("metrics_rows"))
+        self._apply_optimizer_hparams()
         log.info("resuming at round %d, visit %d of the round", self.round, self.position + 1)
+
+    def _apply_optimizer_hparams(self) -> None:
+        """The module's ``lr`` and ``weight_decay`` (which may change on resume) over the restored optimizers."""
+        hp = self.trainer.lightning_module.hparams
+        optimizers = list(self.trainer.optimizers) + list(getattr(self.generators, "optimizers", {}).values())
+        for group in (g for opt in optimizers for g in opt.param_groups):
+            group["lr"], group["weight_decay"] = hp.lr, hp.weight_decay
+
+
+def visit_batches(available: int, limit: int | float) -> int:
+    """Batches of one local epoch under ``trainer.limit_train_batches`` (a count, or a fraction of the visit's)."""
+    if isinstance(limit, float):
+        return min(available, max(1, int(available * limit))) if limit > 0 else 0
+    return min(available, limit)
+
+
+def flush_loggers(trainer) -> None:
+    """Write pending metrics; a failed write is a one-line error (earlier rows and checkpoints are intact)."""
+    for logger in trainer.loggers:
+        try:
+            logger.save()
+        except OSError as err:
+            raise UserError(
+                f"cannot write metrics to {trainer.log_dir}: {err.strerror or err}; rows written so far and "
+                "the checkpoints are intact: free space and resume with --ckpt_path last"
+            ) from err
+
+
+def metrics_rows(trainer) -> int | None:
+    """Rows in the run's ``metrics.csv`` (``None`` without a CSV logger)."""
+    writers = [
+        lg.experiment for lg in trainer.loggers if isinstance(getattr(lg, "_experiment", None), RunMetricsWriter)
+    ]
+    return writers[0].rows() if writers else None
+
+
+def truncate_metrics(trainer, rows: int | None) -> None:
+    """Drop the rows a resumed checkpoint did not see (visits after it are trained and logged again)."""
+    if rows is None:
+        return
+    for logger in trainer.loggers:
+        if isinstance(getattr(logger, "_experiment", None), RunMetricsWriter):
+            logger.experiment.truncate(rows)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import shutil
+from pathlib import Path
 from typing import Literal
 
 from lightning.fabric.plugins import CheckpointIO
@@ -12,10 +16,37 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from a2vgen.callbacks.checkpoint import RoundCheckpoint
 from a2vgen.callbacks.progress import FederatedProgressBar
 from a2vgen.callbacks.samples import SampleWriter
+from a2vgen.errors import UserError
 from a2vgen.federation.checkpoint_io import LocalCheckpointIO
+from a2vgen.federation.compat import check_checkpoint
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import FederatedFitLoop
+from a2vgen.federation.runs import (
+    install_metrics_writer,
+    prepare_logger,
+    resolve_resume,
+    run_dir,
+    run_root,
+    set_version,
+)
 from a2vgen.federation.server import DiffusionServer
+
+log = logging.getLogger(__name__)
+
+# Trainer options with no meaning in a federation, and the federated option to use instead.
+REFUSED = {
+    "max_epochs": ("trainer.max_rounds and trainer.local_epochs", None),
+    "min_epochs": ("trainer.max_rounds and trainer.local_epochs", None),
+    "max_steps": ("trainer.max_rounds, trainer.local_epochs and trainer.limit_train_batches (per visit)", -1),
+    "min_steps": ("trainer.max_rounds and trainer.local_epochs", None),
+}
+
+
+def refuse_epoch_options(kwargs: dict) -> None:
+    """A one-line error for Trainer options the federated loop does not honour."""
+    for name, (instead, default) in REFUSED.items():
+        if kwargs.get(name, default) not in (default, None):
+            raise UserError(f"trainer.{name}={kwargs[name]!r} has no meaning in a federated fit: set {instead}")
 
 
 class FederatedTrainer(Trainer):
@@ -38,7 +69,10 @@ class FederatedTrainer(Trainer):
         enable_progress_bar: add a :class:`~a2vgen.callbacks.progress.FederatedProgressBar` unless one is.
         **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet. Checkpoints
             are written by :class:`~a2vgen.federation.checkpoint_io.LocalCheckpointIO` unless ``plugins``
-            holds a ``CheckpointIO``.
+            holds a ``CheckpointIO``. In federated terms: ``fast_dev_run=n`` runs one round, one local epoch
+            of ``n`` batches per visit, without logs or checkpoints; ``limit_train_batches`` limits the
+            batches of each local epoch of a visit; ``max_epochs``/``max_steps``/``min_*`` are refused (use
+            ``max_rounds``/``local_epochs``). Sanity checking and the model summary are off unless asked for.
     """
 
     def __init__(
@@ -59,9 +93,11 @@ class FederatedTrainer(Trainer):
         enable_progress_bar: bool = True,
         **kwargs,
     ) -> None:
+        refuse_epoch_options(kwargs)
         callbacks = (
             [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         )
+        callbacks = _last_round_checkpoint_wins(callbacks)
         if enable_checkpointing and not any(isinstance(c, Checkpoint) for c in callbacks):
             callbacks.append(RoundCheckpoint())
         if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -78,14 +114,19 @@ class FederatedTrainer(Trainer):
             enable_checkpointing=enable_checkpointing,
             enable_progress_bar=enable_progress_bar,
         )
-        kwargs.setdefault("num_sanity_val_steps", 0)
-        kwargs.setdefault("enable_model_summary", False)
+        for name, default in (("num_sanity_val_steps", 0), ("enable_model_summary", False)):
+            if kwargs.get(name) is None:  # LightningCLI passes None for "not set"
+                kwargs[name] = default
         super().__init__(*args, **kwargs)
         if not isinstance(self.strategy, SingleDeviceStrategy):
             raise NotImplementedError(
                 f"strategy {type(self.strategy).__name__} is not supported yet: a2vgen federates on one device "
                 "(CPU or a single GPU); multi-machine federation is planned on Flower"
             )
+        if self.fast_dev_run:
+            max_rounds, local_epochs = 1, 1
+        for logger in self.loggers:
+            prepare_logger(logger)
         self.federation = FederationConfig(
             max_rounds,
             local_epochs,
@@ -98,6 +139,12 @@ class FederatedTrainer(Trainer):
         self.server = DiffusionServer(generator_only, pipeline, pipeline_dtype)
         self.fit_loop = FederatedFitLoop(self, self.federation, self.server)
 
+    @property
+    def log_dir(self) -> str | None:
+        """The run folder (``<save_dir>/<name>/<version>`` for every logger, W&B included)."""
+        folder = run_dir(self.loggers[0]) if self.loggers else None
+        return str(folder) if folder is not None else super().log_dir
+
     def fit(
         self,
         model,
@@ -107,5 +154,75 @@ class FederatedTrainer(Trainer):
         ckpt_path=None,
         weights_only: bool = True,
     ) -> None:
-        """Run the federation; checkpoints are loaded with ``weights_only`` (no arbitrary unpickling)."""
-        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only)
+        """Run the federation; checkpoints are loaded with ``weights_only`` (no arbitrary unpickling).
+
+        ``ckpt_path`` may be ``"last"`` (the newest run of this logger's ``save_dir``/``name``), a run
+        folder, or a checkpoint file; a resumed run continues in its own folder (one ``metrics.csv``).
+        A run that fails before writing metrics or checkpoints (e.g. a config error) leaves no folder behind.
+        """
+        if ckpt_path is not None:
+            fixed = next((c.dirpath for c in self.callbacks if isinstance(c, RoundCheckpoint) and c.dirpath), None)
+            ckpt_path = str(resolve_resume(str(ckpt_path), self.loggers[0] if self.loggers else None, fixed))
+            check_checkpoint(model, ckpt_path, resuming=True)
+        folder = Path(self.log_dir) if self.loggers and self.log_dir else None
+        existed = folder is not None and folder.exists()
+        self._install_metrics_writers()
+        try:
+            return super().fit(
+                model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only
+            )
+        except Exception:
+            if folder is not None and not existed and _holds_only_config(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                for parent in (folder.parent, folder.parent.parent):  # <save_dir>/<name>, <save_dir> if empty
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
+            raise
+
+    def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose=True, datamodule=None, weights_only=True):
+        """Evaluate on every client's val split; from a run's checkpoint, results go to that run's folder."""
+        self._evaluate_from(model, ckpt_path)
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose=True, datamodule=None, weights_only=True):
+        """Evaluate on every client's test split; from a run's checkpoint, results go to that run's folder."""
+        self._evaluate_from(model, ckpt_path)
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def predict(
+        self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None, weights_only=True
+    ):
+        """Write synthetic samples; from a run's checkpoint, into that run's folder."""
+        self._evaluate_from(model, ckpt_path)
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+
+    def _evaluate_from(self, model, ckpt_path) -> None:
+        if ckpt_path is not None and Path(ckpt_path).is_file():
+            if model is not None:
+                check_checkpoint(model, ckpt_path, resuming=False)
+            run = Path(ckpt_path).parent.parent
+            root = run_root(self.loggers[0]) if self.loggers else None
+            if (
+                root is not None
+                and Path(ckpt_path).parent.name == "checkpoints"
+                and run.parent.resolve() == root.resolve()
+            ):
+                set_version(self.loggers[0], run.name)
+        self._install_metrics_writers()
+
+    def _install_metrics_writers(self) -> None:
+        for logger in self.loggers:
+            install_metrics_writer(logger)
+
+
+def _last_round_checkpoint_wins(callbacks: list[Callback]) -> list[Callback]:
+    """Keep only the last :class:`RoundCheckpoint` of the list: a preset added with ``callbacks+=`` replaces
+    the config's own instead of clashing with it."""
+    rounds = [c for c in callbacks if isinstance(c, RoundCheckpoint)]
+    if len(rounds) > 1:
+        log.info("%d RoundCheckpoint callbacks configured: using the last one", len(rounds))
+    return [c for c in callbacks if not isinstance(c, RoundCheckpoint) or c is rounds[-1]]
+
+
+def _holds_only_config(folder: Path) -> bool:
+    return folder.is_dir() and {p.name for p in folder.iterdir()} <= {"config.yaml", "hparams.yaml"}

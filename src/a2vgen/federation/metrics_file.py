@@ -1,0 +1,68 @@
+"""``metrics.csv`` that survives resumes, kills and full disks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class RunMetricsWriter(ExperimentWriter):
+    """The CSV logger's writer for one run folder, continued across resumes.
+
+    Lightning's writer deletes an existing ``metrics.csv`` when a run folder is reused and rewrites it in
+    place when columns are added (a full disk then leaves it empty). This one keeps the rows already
+    written, and every save writes a complete new file under a temporary name and renames it, so
+    ``metrics.csv`` always holds either the previous or the new rows.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the rows of a resumed run (see :meth:`truncate`)."""
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+    def rows(self) -> int:
+        """Data rows in ``metrics.csv`` (pending rows are not counted: call :meth:`save` first)."""
+        if not os.path.isfile(self.metrics_file_path):
+            return 0
+        with open(self.metrics_file_path, newline="") as file:
+            return max(sum(1 for _ in csv.reader(file)) - 1, 0)
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first ``rows`` data rows: what a checkpoint saw (rows of visits after it are redone)."""
+        self.metrics = []
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            lines = list(csv.reader(file))
+        if len(lines) > rows + 1:
+            self._write(lines[0], [dict(zip(lines[0], line)) for line in lines[1 : rows + 1]])
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        old: list[dict] = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                old = list(csv.DictReader(file))
+        keys = set(self.metrics_keys).union(*self.metrics)
+        pending, self.metrics = self.metrics, []  # on failure these rows are dropped: a resume redoes them
+        self._write(sorted(keys), old + pending)
+        self.metrics_keys = sorted(keys)
+
+    def _write(self, keys: list[str], rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        path = Path(self.metrics_file_path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(buffer.getvalue(), newline="")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""Run folders: where a run's config, metrics, checkpoints and exports live, and which run to resume.
+
+A run folder is ``<save_dir>/<name>/<version>`` whatever the logger: ``version_N`` for the CSV and
+TensorBoard loggers, the run id for W&B (assigned before training, so W&B resumes the same run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import string
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+
+from a2vgen.errors import UserError
+from a2vgen.federation.metrics_file import RunMetricsWriter
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+def run_root(logger: Logger) -> Path | None:
+    """The folder holding a logger's runs (``<save_dir>/<name>``), or ``None`` when it has no local folder."""
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return Path(logger.root_dir)
+    if isinstance(logger, WandbLogger) and logger.save_dir:
+        return Path(logger.save_dir) / str(logger.name)
+    return None
+
+
+def run_dir(logger: Logger) -> Path | None:
+    """The run folder of ``logger`` (W&B: ``<save_dir>/<project>/<run id>``)."""
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return Path(logger.log_dir)
+    root = run_root(logger)
+    return None if root is None or logger.version is None else root / str(logger.version)
+
+
+def prepare_logger(logger: Logger) -> None:
+    """Give a W&B logger its run id now (its run folder is known before training), fall back to offline
+    when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv`` on resume."""
+    if isinstance(logger, WandbLogger) and logger._experiment is None:
+        if logger._id is None:  # a W&B-style run id: 8 lowercase letters and digits
+            set_version(logger, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
+        _offline_without_network(logger)
+
+
+def install_metrics_writer(logger: Logger) -> None:
+    """Use :class:`RunMetricsWriter` for a CSV logger whose writer does not exist yet."""
+    if isinstance(logger, CSVLogger) and logger._experiment is None:
+        os.makedirs(logger.root_dir, exist_ok=True)
+        logger._experiment = RunMetricsWriter(logger.log_dir)
+
+
+def set_version(logger: Logger, version: str) -> None:
+    """Point ``logger`` at the run folder ``version`` (before it wrote anything)."""
+    if isinstance(logger, WandbLogger):
+        logger._id = logger._wandb_init["id"] = version
+    elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        logger._version = int(version[len("version_") :]) if re.fullmatch(r"version_\d+", version) else version
+
+
+def newest_run(root: Path) -> Path | None:
+    """The most recently written run under ``root`` that holds checkpoints."""
+    runs = [p.parent.parent for p in root.glob("*/checkpoints/*.ckpt")]
+    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / "checkpoints").glob("*.ckpt")), default=None)
+
+
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a loadable checkpoint (memory-mapped: tensor data is not read)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure means: not usable
+        return False
+    return True
+
+
+def resume_checkpoint(folder: Path) -> Path:
+    """``last.ckpt`` in ``folder``, or the newest intact round checkpoint (with a warning) when it is damaged."""
+    candidates = [folder / LAST] + sorted(folder.glob("round-*.ckpt"), reverse=True)
+    for path in candidates:
+        if path.is_file() and readable(path):
+            if path.name != LAST:
+                log.warning("%s is missing or damaged: resuming from %s", folder / LAST, path)
+            return path
+        if path.is_file():
+            log.warning("%s is damaged (not a readable checkpoint): skipped", path)
+    raise UserError(f"no readable checkpoint in {folder} to resume from")
+
+
+def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | None = None) -> Path:
+    """The checkpoint ``fit --ckpt_path`` means, pointing ``logger`` at the run it continues.
+
+    ``last``: the newest run of this config's logger (``<save_dir>/<name>``), or the newest checkpoint in
+    ``checkpoint_dir`` when checkpoints go to a fixed folder; a run folder: that run; a checkpoint file
+    inside a run's ``checkpoints/``: that run, continued in its own folder; another file: a new run.
+    """
+    root = run_root(logger) if logger is not None else None
+    path = Path(ckpt_path)
+    if ckpt_path == "last" and checkpoint_dir is not None:
+        return resume_checkpoint(Path(checkpoint_dir))
+    if ckpt_path == "last":
+        run = newest_run(root) if root is not None else None
+        if run is None:
+            raise UserError(
+                f"--ckpt_path last: no run with checkpoints under {root or 'the default root dir'} to resume; "
+                "drop --ckpt_path to start a new run, or give a run folder or checkpoint file"
+            )
+    elif path.is_dir():
+        run = path.parent if path.name == "checkpoints" else path
+    elif path.is_file():
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        if run is not None and _same(run.parent, root):
+            set_version(logger, run.name)
+            log.info("resuming run %s from %s", run, path)
+        else:
+            log.info("starting a new run from %s", path)
+        return path
+    else:
+        raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file or run folder")
+    ckpt = resume_checkpoint(run / "checkpoints")
+    if _same(run.parent, root):
+        set_version(logger, run.name)
+    log.info("resuming run %s from %s", run, ckpt.name)
+    return ckpt
+
+
+def _same(folder: Path, root: Path | None) -> bool:
+    return root is not None and folder.resolve() == root.resolve()
+
+
+def _offline_without_network(logger: WandbLogger, timeout: float = 5.0) -> None:
+    """Switch an online W&B logger to offline (with a warning) when its server does not answer."""
+    mode = (logger._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online").lower()
+    if logger._offline or mode in ("offline", "dryrun", "disabled"):
+        return
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        logger._wandb_init["mode"] = "offline"
+        log.warning(
+            "W&B server %s unreachable (%s): logging offline to %s; upload later with `wandb sync`, "
+            "or set WANDB_MODE=offline to skip this check",
+            url.geturl(), err, logger.save_dir,
+        )  # fmt: skip
