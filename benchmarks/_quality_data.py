@@ -64,7 +64,7 @@ def _church_bells(rng, t):
 
 def _engine(rng, t):
     f0 = rng.uniform(35, 95)
-    tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k**rng.uniform(0.5, 1.5) for k in range(1, 12))
+    tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k ** rng.uniform(0.5, 1.5) for k in range(1, 12))
     return 0.15 * tone + rng.uniform(0.05, 0.2) * _lowpass(rng.standard_normal(t.shape), rng.uniform(0.02, 0.1))
 
 
@@ -170,8 +170,9 @@ def write_sound_folder(root: Path, seed: int = 7, clips_per_fold: int = CLIPS_PE
 def build_text_pipeline(path: Path, hidden_size: int = 768) -> Path:
     """A Stable-Diffusion-layout folder holding only a random CLIP text encoder and its tokenizer."""
     import torch
-    from tiny_models import _clip_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tiny_models import _clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = _clip_tokenizer()
@@ -191,14 +192,16 @@ def build_quality_embeddings(workdir: Path, smoke: bool = False) -> Path:
     """Synthesize, build the tiny encoders and run ``a2vgen embed``; returns the embedding file.
 
     Reuses an existing file (the embed cache makes a rerun cheap anyway)."""
-    from a2vgen.cli import main
-    from tiny_models import build_tiny_ast
-
     out = workdir / ("sounds-smoke.safetensors" if smoke else "sounds.safetensors")
     if out.is_file():
         return out
+    from a2vgen.cli import main
+    from tiny_models import build_tiny_ast
+
     hidden = 32 if smoke else 768
-    sounds = write_sound_folder(workdir / ("ESC-synth-smoke" if smoke else "ESC-synth"), clips_per_fold=2 if smoke else CLIPS_PER_FOLD)
+    sounds = write_sound_folder(
+        workdir / ("ESC-synth-smoke" if smoke else "ESC-synth"), clips_per_fold=2 if smoke else CLIPS_PER_FOLD
+    )
     ast = workdir / f"ast-{hidden}"
     text = workdir / f"clip-{hidden}"
     if not ast.is_dir():

@@ -21,9 +21,24 @@ from pathlib import Path
 
 import _common as c
 
-RUNS = ["unified/shared", "unified/fedavg", "per_class/shared", "per_class/fedavg", "per_group/shared", "per_group/fedavg"]
+RUNS = [
+    "unified/shared",
+    "unified/fedavg",
+    "per_class/shared",
+    "per_class/fedavg",
+    "per_group/shared",
+    "per_group/fedavg",
+]
 MODULES = {"unified": "UnifiedGenerator", "per_class": "PerClassGenerator", "per_group": "PerGroupGenerator"}
-COLUMNS = ["fd_ratio", "diversity_ratio", "min_diversity_ratio", "recall", "memorization_ratio", "probe_ratio", "tstr_ratio"]
+COLUMNS = [
+    "fd_ratio",
+    "diversity_ratio",
+    "min_diversity_ratio",
+    "recall",
+    "memorization_ratio",
+    "probe_ratio",
+    "tstr_ratio",
+]
 TARGETS = {
     "fd_ratio": "≤ 2.0 and ≤ 0.35× centroid",
     "diversity_ratio": "0.7–1.3, min ≥ 0.5",
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=["sounds", "demo"], choices=["sounds", "demo"])
     p.add_argument("--runs", nargs="+", default=RUNS, choices=RUNS)
     p.add_argument("--per-class", action="store_true", help="also print every class's scores")
-    p.add_argument("--module-args", type=json.loads, default={}, help='module options, e.g. \'{"lr": 0.003}\'')
+    p.add_argument("--module-args", type=json.loads, default={}, help="module options, e.g. '{\"lr\": 0.003}'")
     args = p.parse_args(argv)
     c.setup_torch()
     from a2vgen.metrics.quality import summarize

@@ -39,7 +39,9 @@ def embedding_set(audio: list[torch.Tensor], cond: torch.Tensor, held: int = 0) 
 
 
 def train(cls, data: EmbeddingSet, epochs: int, batch_size: int = 64, **kwargs):
-    dm = FederatedDataModule(clients=[ClientSpec("0", classes=data.classes)], source=InMemory(data), batch_size=batch_size)
+    dm = FederatedDataModule(
+        clients=[ClientSpec("0", classes=data.classes)], source=InMemory(data), batch_size=batch_size
+    )
     module = cls(
         classes=dm.classes, audio_shape=dm.audio_shape, cond_shapes=dm.cond_shapes, class_cond=dm.class_cond,
         audio_stats=dm.audio_stats, **{**TINY, **kwargs},
@@ -141,7 +143,9 @@ def test_references_bracket_the_scores():
     x = data.audio[train_idx][data.labels[train_idx] == 0].double().mean(1)
     held = data.audio[val_idx][data.labels[val_idx] == 0].double().mean(1)
     refs = reference_samplers(x)
-    scores = {name: evaluate_classes({"c": x}, {"c": held}, lambda c, n, s=s: s(n), 64)["c"] for name, s in refs.items()}
+    scores = {
+        name: evaluate_classes({"c": x}, {"c": held}, lambda c, n, s=s: s(n), 64)["c"] for name, s in refs.items()
+    }
     assert scores["centroid"]["diversity_ratio"] == 0 and scores["centroid"]["recall"] == 0
     assert scores["gaussian"]["fd_ratio"] < 0.5 * scores["centroid"]["fd_ratio"]
     assert scores["resampled"]["memorization_ratio"] == 0  # copies of training clips
