@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench quality clean
 
 $(BIN)/a2vgen: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+quality: setup
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) runs lightning_logs wandb

@@ -29,6 +29,7 @@ RUNS = [
     "per_group/shared",
     "per_group/fedavg",
 ]
+FLOW_RUNS = [f"flow:{run}" for run in RUNS]  # the flow-matching generator type, for comparison
 MODULES = {"unified": "UnifiedGenerator", "per_class": "PerClassGenerator", "per_group": "PerGroupGenerator"}
 COLUMNS = [
     "fd_ratio",
@@ -104,11 +105,13 @@ def train_run(source, run: str, dims: dict, rounds: int, local_epochs: int, root
     from a2vgen.callbacks import ClassChangeResetCallback
     from a2vgen.data.datamodule import FederatedDataModule
 
-    granularity, sharing = run.split("/")
+    kind, _, spec = run.rpartition(":")
+    granularity, sharing = spec.split("/")
     classes = source.load().classes
     dm = FederatedDataModule(clients=schedule(classes), source=source, batch_size=c.BATCH)
     extra = {"class_groups": groups(dm.classes)} if granularity == "per_group" else {}
-    module = c.module(MODULES[granularity], dm, dims, audio_stats=dm.audio_stats, **extra)
+    name = MODULES[granularity] if not kind else "Flow" + MODULES[granularity]
+    module = c.module(name, dm, dims, audio_stats=dm.audio_stats, **extra)
     trainer = c.trainer(root, rounds, local_epochs, shared=sharing == "shared", logging=False, checkpoint=False)
     if granularity != "unified":
         trainer.callbacks.append(ClassChangeResetCallback())
@@ -170,13 +173,14 @@ def incremental_ratio(history: dict) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["sounds", "demo"], choices=["sounds", "demo"])
-    p.add_argument("--runs", nargs="+", default=RUNS, choices=RUNS)
+    p.add_argument("--runs", nargs="+", default=None, choices=RUNS + FLOW_RUNS, help="default: all (smoke: two)")
     p.add_argument("--per-class", action="store_true", help="also print every class's scores")
     p.add_argument("--module-args", type=json.loads, default={}, help="module options, e.g. '{\"lr\": 0.003}'")
     args = p.parse_args(argv)
     c.setup_torch()
     from a2vgen.metrics.quality import summarize
 
+    args.runs = args.runs or (["per_class/shared", "unified/fedavg"] if args.smoke else RUNS)
     dims = {**(c.SMOKE_DIMS if args.smoke else {}), **args.module_args}  # default: the module's defaults
     rounds, local_epochs = (2, 2) if args.smoke else (6, 10)
     start = time.perf_counter()
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as root:
             for run in args.runs:
                 module, dm, seconds, tracker = train_run(
-                    source, run, dims, rounds, local_epochs, root, incremental=run.startswith("per_class")
+                    source, run, dims, rounds, local_epochs, root, incremental="per_class" in run
                 )
                 scores = score_module(module, dm, dm.classes)
                 summary = summarize(scores)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["vs_original", "overhead", "per_class_scaling", "visit_overhead", "memory", "embed_cache"]
+BENCHMARKS = ["vs_original", "overhead", "per_class_scaling", "visit_overhead", "memory", "embed_cache", "quality"]
 REPEATED = {"vs_original", "overhead", "per_class_scaling", "visit_overhead"}
 
 
