@@ -11,14 +11,12 @@ disk, so the real ``from_pretrained`` paths run. Nothing is downloaded.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -148,23 +146,16 @@ SYNTHS: dict[str, Callable[[np.random.Generator, np.ndarray], np.ndarray]] = {
 
 def write_sound_folder(root: Path, seed: int = 7, clips_per_fold: int = CLIPS_PER_FOLD) -> Path:
     """Write the ESC-50-layout folder (``audio/*.wav``, ``meta/esc50.csv``) to ``root``."""
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    rows, t = [], _t(int(RATE * SECONDS))
-    for target, category in enumerate(CLASSES):
-        for fold in range(1, 6):
-            for k in range(clips_per_fold):
-                rng = np.random.default_rng([seed, target, fold, k])
-                wave = SYNTHS[category](rng, t) + 0.005 * rng.standard_normal(t.shape)
-                wave = (wave / max(1.0, np.abs(wave).max() * 1.05)).astype(np.float32)
-                name = f"{fold}-{target:03d}{k:03d}-A-{target}.wav"
-                sf.write(root / "audio" / name, wave, RATE)
-                rows.append([name, fold, target, category, "False", f"{target:03d}{k:03d}", "A"])
-    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        writer.writerows(rows)
-    return root
+    from tiny_models import write_mini_esc50
+
+    t = _t(int(RATE * SECONDS))
+
+    def clip(category: str, target: int, fold: int, k: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, target, fold, k])
+        wave = SYNTHS[category](rng, t) + 0.005 * rng.standard_normal(t.shape)
+        return (wave / max(1.0, np.abs(wave).max() * 1.05)).astype(np.float32)
+
+    return write_mini_esc50(root, CLASSES, clips_per_fold, seconds=SECONDS, make_clip=clip, rate=RATE)
 
 
 def build_text_pipeline(path: Path, hidden_size: int = 768) -> Path:

@@ -7,7 +7,7 @@ exercise the real ``from_pretrained`` loading paths. Each builder returns the di
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +208,14 @@ def write_mini_esc50(
     clips_per_fold: int = 1,
     folds: Sequence[int] = (1, 2, 3, 4, 5),
     seconds: float = 1.0,
+    make_clip: Callable[[str, int, int, int], np.ndarray] | None = None,
+    rate: int = ESC50_RATE,
 ) -> Path:
-    """Write an ESC-50-layout data set (``audio/*.wav`` at 44.1 kHz, ``meta/esc50.csv``) to ``root``."""
+    """Write an ESC-50-layout data set (``audio/*.wav`` at ``rate``, ``meta/esc50.csv``) to ``root``.
+
+    Clips come from ``make_clip(category, target, fold, k)`` (default: :func:`class_tone`)."""
+    if make_clip is None:
+        make_clip = lambda category, target, fold, k: class_tone(category, fold * 100 + k, seconds)  # noqa: E731
     root = Path(root)
     (root / "audio").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
@@ -218,7 +224,7 @@ def write_mini_esc50(
         for fold in folds:
             for k in range(clips_per_fold):
                 name = f"{fold}-{target:03d}{k:03d}-A-{target}.wav"
-                sf.write(root / "audio" / name, class_tone(category, fold * 100 + k, seconds), ESC50_RATE)
+                sf.write(root / "audio" / name, make_clip(category, target, fold, k), rate)
                 rows.append([name, fold, target, category, "False", f"{target:03d}{k:03d}", "A"])
     with open(root / "meta" / "esc50.csv", "w", newline="") as f:
         writer = csv.writer(f)
