@@ -9,7 +9,7 @@ from a2vgen.callbacks.evaluation import GeneratorEvaluation
 from a2vgen.data.clients import ClientSpec
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.data.embeddings import SPLITS, EmbeddingSet
-from a2vgen.data.sources import EmbeddingSource
+from a2vgen.data.sources import DemoEmbeddings, EmbeddingSource
 from a2vgen.metrics.quality import evaluate_classes, reference_samplers, summarize
 from a2vgen.modules import PerClassGenerator, UnifiedGenerator
 from a2vgen.nn import ConditionalVAE
@@ -138,7 +138,16 @@ def test_the_evaluation_flags_a_generator_that_returns_the_class_centroid(tmp_pa
 
 def test_references_bracket_the_scores():
     """The Gaussian reference scores near real data; the centroid fails every spread score."""
-    data = small_demo(train_per_class=48).load()
+    data = DemoEmbeddings(
+        num_classes=2,
+        train_per_class=48,
+        val_per_class=16,
+        test_per_class=4,
+        tokens=4,
+        audio_dim=64,
+        cond_tokens=6,
+        cond_dim=8,
+    ).load()
     train_idx, val_idx = data.split_indices("train"), data.split_indices("val")
     x = data.audio[train_idx][data.labels[train_idx] == 0].double().mean(1)
     held = data.audio[val_idx][data.labels[val_idx] == 0].double().mean(1)

@@ -188,21 +188,21 @@ class GeneratorEvaluation(Callback):
         self._update_pca(real, fakes, round)
         return {"round": round, "step": loop.visits, "per_class": per_class, "summary": summary}
 
-    def _warn(self, per_class: dict[str, dict], summary: dict[str, float], round: int) -> None:
+    def _warn(self, per_class: dict[str, dict], summary: dict[str, float], round_: int) -> None:
         """Log a warning per collapsed class and per generator set that ignores its conditioning."""
         collapsed = {c: s["diversity_ratio"] for c, s in per_class.items() if s["diversity_ratio"] < COLLAPSE_DIVERSITY}
         if collapsed:
             log.warning(
                 "round %d: generators of %s collapse (diversity ratio %s < %.1f: samples have little spread; "
                 "the original objective does this on small classes)",
-                round, sorted(collapsed), [round(v, 3) for v in collapsed.values()], COLLAPSE_DIVERSITY,
+                round_, sorted(collapsed), [round(v, 3) for v in collapsed.values()], COLLAPSE_DIVERSITY,
             )  # fmt: skip
         for name, value in summary.items():
             if name.startswith("ignores_conditioning") and value:
                 log.warning(
                     "round %d: synthetic samples%s are near chance for a probe that recognises real clips "
                     "(synthetic accuracy %.2f vs real %.2f): the generators ignore their conditioning",
-                    round, name.partition("@")[1] + name.partition("@")[2],
+                    round_, name.partition("@")[1] + name.partition("@")[2],
                     summary[name.replace("ignores_conditioning", "synthetic_accuracy")],
                     summary[name.replace("ignores_conditioning", "real_accuracy")],
                 )  # fmt: skip

@@ -214,6 +214,7 @@ class BaseGeneratorModule(LightningModule):
         groups = cond_index if cond_index is not None else torch.zeros(target.shape[0], dtype=torch.long)
         prior = net.decode(net.prior_latents(target.shape[0]), net.condition(cond, cond_index))
         gap = (within_group_var(target, groups) - within_group_var(prior, groups)).clamp_min(self.hparams.min_noise_var)
+        gap = gap.to(net.noise_var.dtype)
         net.noise_var.copy_(gap if not bool(net.noise_var.any()) else net.noise_var.lerp(gap, 0.1))
 
     # ------------------------------------------------------------------ keys and banks

@@ -139,6 +139,7 @@ class ConditionalVAE(nn.Module):
     @torch.no_grad()
     def track_latents(self, mu: torch.Tensor, logvar: torch.Tensor, momentum: float = 0.1) -> None:
         """Move the aggregate-posterior fit ``momentum`` of the way towards a batch's codes."""
+        mu, logvar = mu.to(self.latent_mean.dtype), logvar.to(self.latent_var.dtype)
         self.latent_mean.lerp_(mu.mean(0), momentum)
         self.latent_var.lerp_(mu.var(0, unbiased=False) + logvar.exp().mean(0), momentum)
 
