@@ -29,7 +29,6 @@ from torch import Tensor
 from a2vgen.metrics import functional as MF
 from a2vgen.metrics.probe import LinearProbe, fit_linear_probe
 
-SCORES = ("fd_ratio", "diversity_ratio", "recall", "memorization_ratio")
 COLLAPSE_DIVERSITY = 0.3
 MIN_HELD = 8
 
