@@ -81,8 +81,12 @@ class ConditionalVAE(nn.Module):
     - ``latent_mean`` / ``latent_var``: a diagonal Gaussian fitted to the aggregate posterior (the
       encoder's codes of training data). With few samples the codes do not fill ``N(0, I)``, and
       decoding prior draws over- or under-shoots the data's spread; :meth:`sample` draws from the fit.
-    - ``noise_var``: per-element variance that decoded latents do not reproduce; :meth:`sample` adds it
-      as noise, so samples carry the spread the latent does not explain instead of only the decoder's
+    - ``mean_shift``: how far decoded prior draws sit from the data's mean (a decoder trained on few
+      clips and sampled from a fitted prior is off by a little); :meth:`sample` adds it back.
+    - ``noise_var`` / ``noise_basis``: the within-class covariance that decoded latents do not
+      reproduce, as its per-element variance and its top ``noise_rank`` directions (see
+      :mod:`a2vgen.nn.calibration`); :meth:`sample` adds it as noise, so samples carry the spread the
+      latent does not explain, in the directions the data spreads along, instead of only the decoder's
       mean.
 
     A linear ``mean_head`` maps the conditioning vector to the class mean; the decoder adds the
@@ -98,25 +102,32 @@ class ConditionalVAE(nn.Module):
         hidden_dim: int = 1024,
         latent_dim: int = 256,
         cond_width: int = 128,
+        noise_rank: int = 8,
     ) -> None:
         super().__init__()
         self.config = {"audio_shape": list(audio_shape), "cond_shapes": [list(s) for s in cond_shapes],
-                       "hidden_dim": hidden_dim, "latent_dim": latent_dim, "cond_width": cond_width}  # fmt: skip
+                       "hidden_dim": hidden_dim, "latent_dim": latent_dim, "cond_width": cond_width,
+                       "noise_rank": noise_rank}  # fmt: skip
         self.audio_shape = (int(audio_shape[0]), int(audio_shape[1]))
         self.latent_dim = latent_dim
         flat = self.audio_shape[0] * self.audio_shape[1]
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
         self.audio_norm = Standardizer(self.audio_shape)
+        self.register_buffer("mean_shift", torch.zeros(self.audio_shape))
         self.register_buffer("noise_var", torch.zeros(self.audio_shape))
+        self.register_buffer("noise_basis", torch.zeros(noise_rank, *self.audio_shape))
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_var", torch.ones(latent_dim))
         c = cond_width if cond_shapes else 0
         self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
         self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
         self.mean_head = nn.Linear(c, flat) if c else None
-        if self.mean_head is not None:
-            nn.init.zeros_(self.mean_head.weight)
-            nn.init.zeros_(self.mean_head.bias)
+        # Zero output layers: a fresh VAE decodes exactly the (standardized) class mean, and training
+        # adds only what the data shows, instead of first unlearning a random offset.
+        for layer in (self.decoder.body[-1], self.mean_head):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @property
     def conditional(self) -> bool:
@@ -204,8 +215,17 @@ class ConditionalVAE(nn.Module):
         z = self.prior_latents(n, generator)
         if cond is not None and cond_index is None and cond[0].shape[0] == 1:
             cond_index = torch.zeros(n, dtype=torch.long, device=device)
-        out = self.decode(z, self.condition(cond, cond_index))
+        out = self.decode(z, self.condition(cond, cond_index)) + self.mean_shift
         if bool(self.noise_var.any()):
-            noise = torch.randn(out.shape, generator=generator, device=device, dtype=out.dtype)
-            out = out + noise * self.noise_var.sqrt()
+            out = out + self.sampling_noise(n, generator).to(out.dtype)
         return self.audio_norm.inverse(out)
+
+    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws ``[n, L, D]`` of the calibrated noise: low-rank part plus the diagonal rest."""
+        device, rank = self.noise_var.device, self.noise_basis.shape[0]
+        rest = (self.noise_var - self.noise_basis.pow(2).sum(0)).clamp_min(0)
+        noise = torch.randn(n, *self.audio_shape, generator=generator, device=device) * rest.sqrt()
+        if rank:
+            weights = torch.randn(n, rank, generator=generator, device=device)
+            noise = noise + torch.einsum("nr,rld->nld", weights, self.noise_basis)
+        return noise
