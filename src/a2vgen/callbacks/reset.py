@@ -46,12 +46,12 @@ class ClassChangeResetCallback(Callback):
         if not new:
             return
         keys = module.reset_generators(module.keys_for(new))
-        self.record(trainer, {"round": visit.round, "client": cid, "classes": new, "keys": keys}, seen)
+        self.record(trainer, {"round": visit.round, "client": cid, "classes": new, "keys": keys, "seen": seen})
 
-    def record(self, trainer, event: dict, seen: list[str]) -> None:
-        """Count, log and report one reset ``event`` (round, client, classes, keys); also used by a server
-        whose resets happen on remote nodes."""
-        cid, new, keys = event["client"], event["classes"], event["keys"]
+    def record(self, trainer, event: dict) -> None:
+        """Count, log and report one reset ``event`` (round, client, new classes, reset keys, classes seen
+        before); also used by a server whose resets happen on remote nodes."""
+        cid, new, keys, seen = event["client"], event["classes"], event["keys"], event["seen"]
         for key in keys:
             self.reset_counts[key] = self.reset_counts.get(key, 0) + 1
         self.events.append(dict(event))
