@@ -6,13 +6,16 @@ from collections.abc import Callable, Iterable
 
 import torch
 import yaml
+from lightning.pytorch import Callback
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from a2vgen.flower.apps import client_app
 
 
-def tiny_config(save_dir: str | None, shared: bool, rounds: int = 3) -> str:
+def tiny_config(
+    save_dir: str | None, shared: bool, rounds: int = 3, every_n_visits: int = 0, callbacks: tuple = ()
+) -> str:
     """3 clients with class schedules, the reset callback, per-class generators on small demo data."""
     config = {
         "seed_everything": 0,
@@ -28,7 +31,8 @@ def tiny_config(save_dir: str | None, shared: bool, rounds: int = 3) -> str:
             else {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir, "name": "fl"}},
             "callbacks": [
                 {"class_path": "a2vgen.callbacks.ClassChangeResetCallback", "init_args": {"scope": "generator"}},
-                {"class_path": "a2vgen.callbacks.RoundCheckpoint", "init_args": {"every_n_rounds": 1, "keep_last": 1}},
+                {"class_path": "a2vgen.callbacks.RoundCheckpoint", "init_args": {"every_n_rounds": 1, "keep_last": 1, "every_n_visits": every_n_visits}},
+                *({"class_path": path} for path in callbacks),
             ],
         },
         "model": {
@@ -96,3 +100,13 @@ def bank_state(trainer) -> dict[str, torch.Tensor]:
     for cid, bank in loop.generators.banks().items():
         out.update({f"{cid}/{k}": v for k, v in bank.state_dict().items()})
     return out
+
+
+class BankSnapshots(Callback):
+    """The server's bank at every visit start (the server still calls ``on_client_start``), in ``STATES``."""
+
+    STATES: list[tuple[int, str, dict[str, torch.Tensor]]] = []
+
+    def on_client_start(self, trainer, module, visit) -> None:
+        state = {k: v.clone() for k, v in module.bank.state_dict().items()}
+        self.STATES.append((visit.round, visit.client.id, state))

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -224,8 +225,12 @@ def parse_resets(text: str, callbacks: int, keys: list[str]) -> list[tuple[list[
     return parsed
 
 
-def run_server(grid: Grid, settings: FlowerSettings) -> None:
-    """Build the run from ``settings.config`` and fit it with every visit trained by its client's node."""
+def run_server(grid: Grid, settings: FlowerSettings):
+    """Build the run from ``settings.config`` and fit it with every visit trained by its client's node;
+    returns the trainer."""
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
     module, datamodule, trainer = instantiate(settings.config)
     trainer.fit_loop = FlowerFitLoop(trainer, NodeLink(grid, settings.node_wait), settings)
     trainer.fit(module, datamodule=datamodule, ckpt_path=settings.ckpt_path or None)
+    return trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -23,7 +24,8 @@ class FlowerSettings:
         retries: extra attempts of a failed visit under ``retry``.
         visit_timeout: seconds a visit's round trip may take before it counts as failed.
         node_wait: seconds to wait for every client's node to connect (at start and before a retry).
-        threads: torch threads of a node's training (0: leave the default).
+        threads: torch threads of the server and of every node (0: leave the default); bit-exact
+            comparisons with an in-process run need the same count on both sides.
         node_state_dir: where nodes keep their optimizer state (independent generators) when their
             ``node_config`` sets no ``state-dir``; empty: ``$FLWR_HOME/a2vgen-node-state``.
         node_states_kept: optimizer-state files a node keeps per client (one per visited round); a server
@@ -66,5 +68,7 @@ def instantiate(config: str, *overrides: str):
     """The module, data module and trainer of an a2vgen config (YAML text), as ``a2vgen fit`` builds them."""
     from a2vgen.cli import run_lightning
 
-    cli = run_lightning(["--config", config, *overrides], run=False)
+    with warnings.catch_warnings():  # a Flower process's own argv is not meant for this parser
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = run_lightning(["--config", config, *overrides], run=False)
     return cli.model, cli.datamodule, cli.trainer
