@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 import yaml
-from lightning.pytorch import Callback
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from lightning.pytorch import Callback
 
 from a2vgen.flower.apps import client_app
 
@@ -28,10 +28,16 @@ def tiny_config(
             "enable_progress_bar": False,
             "logger": False
             if save_dir is None
-            else {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir, "name": "fl"}},
+            else {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": save_dir, "name": "fl"},
+            },
             "callbacks": [
                 {"class_path": "a2vgen.callbacks.ClassChangeResetCallback", "init_args": {"scope": "generator"}},
-                {"class_path": "a2vgen.callbacks.RoundCheckpoint", "init_args": {"every_n_rounds": 1, "keep_last": 1, "every_n_visits": every_n_visits}},
+                {
+                    "class_path": "a2vgen.callbacks.RoundCheckpoint",
+                    "init_args": {"every_n_rounds": 1, "keep_last": 1, "every_n_visits": every_n_visits},
+                },
                 *({"class_path": path} for path in callbacks),
             ],
         },
@@ -43,8 +49,15 @@ def tiny_config(
             "batch_size": 8,
             "source": {
                 "class_path": "a2vgen.data.sources.DemoEmbeddings",
-                "init_args": {"num_classes": 6, "train_per_class": 16, "val_per_class": 4, "test_per_class": 4,
-                              "audio_dim": 16, "cond_tokens": 6, "cond_dim": 8},
+                "init_args": {
+                    "num_classes": 6,
+                    "train_per_class": 16,
+                    "val_per_class": 4,
+                    "test_per_class": 4,
+                    "audio_dim": 16,
+                    "cond_tokens": 6,
+                    "cond_dim": 8,
+                },
             },  # fmt: skip
             "clients": [
                 {"id": "0", "schedule": {1: ["dog", "rain"], 2: ["dog", "rain", "rooster"]}},
@@ -68,7 +81,11 @@ class LocalGrid:
         self.fault = fault
         self.nodes = {101 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
         self.visits: list[tuple[int, int]] = []  # (node, round)
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a ServerApp process sets before it builds messages
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
+            1,
+            0,
+            1,
+        )  # what a ServerApp process sets before it builds messages
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)

@@ -4,10 +4,10 @@ and the app folder. The run through a real SuperLink is in ``test_flower_simulat
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 pytest.importorskip("flwr")
@@ -87,7 +87,7 @@ def drop_first_attempt(client: str, round: int):
     seen = set()
 
     def fault(message, node):
-        visit = message.content["visit"] if "visit" in message.content else None
+        visit = message.content.get("visit")
         if visit is not None and (visit["client"], visit["round"]) == (client, round) and client not in seen:
             seen.add(client)
             return "drop"
@@ -114,7 +114,7 @@ def corrupt(kind: str, client: str = "1", round: int = 2):
         content["bank"][name] = Array.from_numpy_ndarray(value)
 
     def fault(message, node):
-        visit = message.content["visit"] if "visit" in message.content else None
+        visit = message.content.get("visit")
         return alter if visit is not None and (visit["client"], visit["round"]) == (client, round) else None
 
     return fault
@@ -145,7 +145,7 @@ def test_a_restarted_server_resumes_from_its_checkpoint_and_the_nodes_from_their
     tmp_path, tmp_path_factory, one_thread, shared
 ):
     def crash(message, node):
-        visit = message.content["visit"] if "visit" in message.content else None
+        visit = message.content.get("visit")
         if visit is not None and (visit["client"], visit["round"]) == ("1", 2):
             raise ConnectionError("server machine lost")
         return None

@@ -4,6 +4,7 @@ FLWR_HOME and is stopped by PID, with the processes it started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,10 +62,8 @@ def stop(pids: list[int]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [pid for pid in pids if running(pid)]
         for pid in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(running(pid) for pid in alive):
             time.sleep(0.1)

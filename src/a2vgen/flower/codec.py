@@ -110,7 +110,9 @@ def check_tensors(
 def _check_names(found, expected: dict, what: str) -> None:
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise RejectedState(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]} (expected {len(expected)} tensors)")
+        raise RejectedState(
+            f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]} (expected {len(expected)} tensors)"
+        )
 
 
 def expected_optimizer(bank: GeneratorBank, record: ArrayRecord) -> dict[str, torch.Tensor]:

@@ -135,7 +135,9 @@ class NodeVisitLoop(FederatedFitLoop):
             load_optimizer(bank, optimizer, from_record(record, expected_optimizer(bank, record), "server optimizer"))
         elif int(info["state-round"]) > 0:
             saved = self.state.load(int(info["state-round"]))
-            load_optimizer(bank, optimizer, check_tensors(saved, expected_optimizer(bank, saved), str(self.state.folder)))
+            load_optimizer(
+                bank, optimizer, check_tensors(saved, expected_optimizer(bank, saved), str(self.state.folder))
+            )
         resets = [c for c in self.trainer.callbacks if isinstance(c, ClassChangeResetCallback)]
         for callback, seen in zip(resets, json.loads(info["client-seen"])):
             callback.client_seen = {} if seen is None else {self.client: list(seen)}
@@ -164,7 +166,9 @@ def built(config: str) -> tuple:
     exports and evaluation are the server's."""
     if config not in _BUILT:
         _BUILT.clear()
-        module, datamodule, trainer = instantiate(config, "--trainer.logger=false", "--trainer.enable_progress_bar=false")
+        module, datamodule, trainer = instantiate(
+            config, "--trainer.logger=false", "--trainer.enable_progress_bar=false"
+        )
         trainer.callbacks = [c for c in trainer.callbacks if isinstance(c, ClassChangeResetCallback)]
         _BUILT[config] = module, datamodule, trainer
     return _BUILT[config]
@@ -188,7 +192,9 @@ def run_visit(request: RecordDict, node_config: dict, settings: FlowerSettings) 
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     module, datamodule, trainer = built(settings.config)
-    state = NodeState(state_root(node_config, settings), str(request["visit"]["run-key"]), client, settings.node_states_kept)
+    state = NodeState(
+        state_root(node_config, settings), str(request["visit"]["run-key"]), client, settings.node_states_kept
+    )
     loop = NodeVisitLoop(trainer, request, client, state)
     trainer.fit_loop = loop
     trainer.fit(module, datamodule=datamodule)

@@ -61,8 +61,7 @@ class NodeLink:
             if unknown:
                 queries = [Message(RecordDict(), node, CLIENT_QUERY) for node in unknown]
                 for reply in self.grid.send_and_receive(queries, timeout=self.wait):
-                    if not reply.has_error():
-                        self.nodes[str(reply.content["client"]["id"])] = reply.metadata.src_node_id
+                    self.learn(reply)
             missing = [cid for cid in clients if cid not in self.nodes]
             if not missing:
                 return
@@ -72,6 +71,22 @@ class NodeLink:
                     f"{sorted(self.nodes)}): start a SuperNode per client with --node-config 'client-id=\"<id>\"'"
                 )
             time.sleep(0.5)
+
+    def learn(self, reply: Message) -> None:
+        """Record the client id a node reported (a node that reports none, or an error, is left out)."""
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise ValueError(reply.error.reason.strip()[-300:])
+            client = str(reply.content["client"]["id"])
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("node %s did not say which client it serves: %s", node, err)
+            return
+        if self.nodes.get(client, node) != node:
+            log.warning(
+                "client %s moves from node %s to node %s (a restarted SuperNode?)", client, self.nodes[client], node
+            )
+        self.nodes[client] = node
 
     def visit(self, client: str, content: RecordDict, round: int, timeout: float) -> Message:
         """Send one visit to ``client``'s node and return its reply (:class:`NodeFailure` when there is none)."""
@@ -124,11 +139,12 @@ class FlowerFitLoop(FederatedFitLoop):
                 if callable(hook) and not isinstance(callback, ClassChangeResetCallback):  # resets run on the node
                     hook(self.trainer, module, visit)
             content = self.request(module, visit)
-            log.info("client %s: visit of round %d sent to its node", cid, visit.round)
+            log.info("client %s: visit of round %d sent to its node (%.2f MB)", cid, visit.round, megabytes(content))
             attempts = 1 + self.settings.retries if self.settings.on_node_failure == "retry" else 1
             for attempt in range(1, attempts + 1):
                 try:
                     reply = self.link.visit(cid, content, visit.round, self.settings.visit_timeout)
+                    log.info("client %s: reply received (%.2f MB)", cid, megabytes(reply.content))
                     received = self.check_reply(reply.content, module, visit)
                     break
                 except (NodeFailure, RejectedState) as err:
@@ -203,6 +219,11 @@ class FlowerFitLoop(FederatedFitLoop):
     def _restore(self, state: dict) -> None:
         super()._restore(state)
         self.node_rounds = dict(state.get("node_rounds", {}))
+
+
+def megabytes(content: RecordDict) -> float:
+    """Size of the arrays in a message (what dominates its size on the wire)."""
+    return sum(record.count_bytes() for record in content.array_records.values()) / 1e6
 
 
 def parse_resets(text: str, callbacks: int, keys: list[str]) -> list[tuple[list[dict], list[str] | None]]:
