@@ -136,7 +136,7 @@ def test_a_corrupt_state_is_rejected_and_the_server_state_is_untouched(tmp_path,
 
 
 def test_a_failing_node_can_stop_the_run(tmp_path, one_thread):
-    with pytest.raises(UserError, match="the visit of client 1 failed"):
+    with pytest.raises(UserError, match="the visit of client 1 failed: bank from client 1: .* holds NaN or Inf"):
         flower_fit(tmp_path, True, fault=corrupt("nan"), on_node_failure="stop")
 
 

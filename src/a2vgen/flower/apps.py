@@ -1,4 +1,8 @@
-"""The Flower ``ServerApp`` and ``ClientApp`` of a2vgen (components of an app written by ``a2vgen flower-app``)."""
+"""The Flower ``ServerApp`` and ``ClientApp`` of a2vgen (components of an app written by ``a2vgen flower-app``).
+
+Lightning is imported only by the handlers that train: a node answers the server's "which client?" query
+without it (in deployment every message starts a fresh ClientApp process).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from a2vgen.flower.node import node_client, run_visit
-from a2vgen.flower.server import run_server
-from a2vgen.flower.settings import FlowerSettings
+from a2vgen.flower.settings import FlowerSettings, node_client
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -28,6 +30,8 @@ def _log_to_stderr() -> None:
 @server_app.main()
 def serve(grid: Grid, context: Context) -> None:
     """Fit the run of the app's config, each visit trained by its client's node."""
+    from a2vgen.flower.server import run_server
+
     _log_to_stderr()
     run_server(grid, FlowerSettings.from_run_config(dict(context.run_config)))
 
@@ -43,6 +47,8 @@ def client_id(message: Message, context: Context) -> Message:
 @client_app.train("visit")
 def visit(message: Message, context: Context) -> Message:
     """Train one visit of this node's client and send back its state, stats and reset events."""
+    from a2vgen.flower.node import run_visit
+
     _log_to_stderr()
     settings = FlowerSettings.from_run_config(dict(context.run_config))
     return Message(run_visit(message.content, dict(context.node_config), settings), reply_to=message)

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from flwr.app import ConfigRecord, RecordDict
 from safetensors.torch import load_file, save_file
 
@@ -34,25 +33,11 @@ from a2vgen.flower.codec import (
     stats_record,
     to_record,
 )
-from a2vgen.flower.settings import FlowerSettings, instantiate
+from a2vgen.flower.settings import FlowerSettings, instantiate, node_client
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
-
-
-def node_client(node_config: dict, config: str) -> str:
-    """The a2vgen client this node serves: ``client-id`` in its node config, or (simulation) the client
-    listed at ``partition-id`` in the run's config."""
-    if "client-id" in node_config:
-        return str(node_config["client-id"])
-    if "partition-id" in node_config:
-        clients = yaml.safe_load(config)["data"]["clients"]
-        index = int(node_config["partition-id"])
-        if not 0 <= index < len(clients):
-            raise UserError(f"partition-id {index} has no client: the config lists {len(clients)} clients")
-        return str(clients[index]["id"])
-    raise UserError("this SuperNode serves no client: start it with --node-config 'client-id=\"<id>\"'")
 
 
 class NodeState:

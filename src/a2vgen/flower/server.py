@@ -148,10 +148,11 @@ class FlowerFitLoop(FederatedFitLoop):
                     received = self.check_reply(reply.content, module, visit)
                     break
                 except (NodeFailure, RejectedState) as err:
+                    failure = err
                     log.warning("round %d client %s, attempt %d/%d: %s", visit.round, cid, attempt, attempts, err)
             else:
                 if self.settings.on_node_failure == "stop":
-                    raise UserError(f"round {visit.round}: the visit of client {cid} failed (on-node-failure: stop)")
+                    raise UserError(f"round {visit.round}: the visit of client {cid} failed: {failure}")
                 log.warning("round %d: client %s skipped for this round, its state unchanged", visit.round, cid)
                 return None
             bank_state, optimizer_state, stats, resets = received

@@ -6,6 +6,8 @@ import warnings
 from dataclasses import dataclass, fields
 from typing import Literal
 
+import yaml
+
 from a2vgen.errors import UserError
 
 FAILURE_POLICIES = ("retry", "skip", "stop")
@@ -72,3 +74,17 @@ def instantiate(config: str, *overrides: str):
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = run_lightning(["--config", config, *overrides], run=False)
     return cli.model, cli.datamodule, cli.trainer
+
+
+def node_client(node_config: dict, config: str) -> str:
+    """The a2vgen client this node serves: ``client-id`` in its node config, or (simulation) the client
+    listed at ``partition-id`` in the run's config."""
+    if "client-id" in node_config:
+        return str(node_config["client-id"])
+    if "partition-id" in node_config:
+        clients = yaml.safe_load(config)["data"]["clients"]
+        index = int(node_config["partition-id"])
+        if not 0 <= index < len(clients):
+            raise UserError(f"partition-id {index} has no client: the config lists {len(clients)} clients")
+        return str(clients[index]["id"])
+    raise UserError("this SuperNode serves no client: start it with --node-config 'client-id=\"<id>\"'")
