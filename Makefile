@@ -18,10 +18,15 @@ $(BIN)/a2vgen: setup.cfg pyproject.toml
 
 setup: $(BIN)/a2vgen
 
+# The tests also run the federation on Flower's simulation runtime (a2vgen[flower-sim], with Ray)
+$(VENV)/.flower-sim: $(BIN)/a2vgen
+	$(BIN)/pip install --quiet -e ".[dev,flower-sim]"
+	touch $@
+
 demo: setup
 	$(BIN)/a2vgen fit --config configs/demo.yaml
 
-test: setup
+test: setup $(VENV)/.flower-sim
 	$(BIN)/python -m pytest -q tests
 
 lint: setup

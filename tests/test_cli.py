@@ -322,7 +322,9 @@ def test_help_is_one_consistent_usage(capsys):
     main(["--help"])
     out = capsys.readouterr().out
     assert out.count("usage:") == 1
-    assert out.startswith("usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report} ...")
+    assert out.startswith(
+        "usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report,flower-app} ..."
+    )
 
 
 def test_user_errors_are_one_line_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):

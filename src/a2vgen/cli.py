@@ -31,7 +31,7 @@ log = logging.getLogger("a2vgen")
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 CONFIG_KEY = "a2vgen_config"  # the run's config (YAML text) inside its checkpoints
-USAGE = """usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report} ...
+USAGE = """usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embed,report,flower-app} ...
 
   fit        train the generators of a federation (a2vgen fit --config configs/demo.yaml)
   validate   losses per key and client on every client's val split (--ckpt_path alone works)
@@ -41,6 +41,7 @@ USAGE = """usage: a2vgen [--debug] {fit,validate,test,predict,sample,export,embe
   export     one safetensors + JSON file per generator key from a checkpoint
   embed      build the embedding cache of a raw dataset (ESC-50)
   report     plots and tables of a run's evaluation
+  flower-app a Flower app folder for a fit config, to run across machines (pip install a2vgen[flower])
 
   --debug (or A2VGEN_DEBUG=1) shows the traceback of a user error.
   a2vgen <command> --help lists a command's options."""
@@ -199,7 +200,18 @@ def report_command(args: list[str]) -> None:
     write(args)
 
 
+def flower_app_command(args: list[str]) -> None:
+    try:
+        from a2vgen.flower.bundle import flower_app_command as write
+    except ModuleNotFoundError as err:
+        if err.name not in ("flwr", "tomli_w"):
+            raise
+        raise UserError("a2vgen flower-app needs Flower: pip install 'a2vgen[flower]'") from err
+    write(args)
+
+
 TOOLS: dict[str, Callable[[list[str]], None]] = {
+    "flower-app": flower_app_command,
     "report": report_command,
     "sample": sample_command,
     "export": export_command,

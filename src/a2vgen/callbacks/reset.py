@@ -46,15 +46,21 @@ class ClassChangeResetCallback(Callback):
         if not new:
             return
         keys = module.reset_generators(module.keys_for(new))
+        self.record(trainer, {"round": visit.round, "client": cid, "classes": new, "keys": keys, "seen": seen})
+
+    def record(self, trainer, event: dict) -> None:
+        """Count, log and report one reset ``event`` (round, client, new classes, reset keys, classes seen
+        before); also used by a server whose resets happen on remote nodes."""
+        cid, new, keys, seen = event["client"], event["classes"], event["keys"], event["seen"]
         for key in keys:
             self.reset_counts[key] = self.reset_counts.get(key, 0) + 1
-        self.events.append({"round": visit.round, "client": cid, "classes": new, "keys": keys})
+        self.events.append(dict(event))
         names = ", ".join(repr(k) for k in keys)
         log.info("client %s: new classes %s (seen: %s) -> reset generator%s %s",
                  cid, new, seen, "s" if len(keys) > 1 else "", names)  # fmt: skip
         metrics = {f"resets/{key}": float(self.reset_counts[key]) for key in keys}
         for logger in trainer.loggers:
-            logger.log_metrics({**metrics, "round": float(visit.round)}, step=trainer.fit_loop.visits)
+            logger.log_metrics({**metrics, "round": float(event["round"])}, step=trainer.fit_loop.visits)
 
     def state_dict(self) -> dict:
         return {"client_seen": self.client_seen, "reset_counts": self.reset_counts, "events": self.events}

@@ -174,7 +174,7 @@ class FederatedFitLoop(_FitLoop):
         call_federation_hook(self.trainer, "on_round_end", finished)
 
     def visit(self, module: BaseGeneratorModule, spec: ClientSpec) -> ClientVisit | None:
-        """Train ``spec``'s active classes for ``local_epochs`` epochs (``None``: no samples, skipped)."""
+        """Train ``spec``'s active classes for ``local_epochs`` epochs (``None``: no samples, or the visit failed)."""
         client: ClientDataModule = self.datamodule.client(spec.id)
         classes = spec.classes_at(self.round)
         count = client.num_samples("train", classes)
@@ -187,16 +187,33 @@ class FederatedFitLoop(_FitLoop):
             )
             return None
         start = time.perf_counter()
-        bank = self.generators.activate(spec.id)
-        keys = module.keys_for(classes)
-        visit = ClientVisit(spec, self.round, self.position, classes, keys, count)
+        visit = ClientVisit(spec, self.round, self.position, classes, module.keys_for(classes), count)
         self.current_visit = visit
+        stats = self.train_visit(module, visit)
+        if stats is None:
+            return None
+        visit.stats = stats
+        visit.seconds = time.perf_counter() - start
+        for key, values in visit.stats.items():
+            per_client = self.round_samples.setdefault(spec.id, {})
+            per_client[key] = per_client.get(key, 0.0) + values["samples"]
+        self.log_visit(visit)
+        return visit
+
+    def train_visit(self, module: BaseGeneratorModule, visit: ClientVisit) -> dict[str, dict[str, float]] | None:
+        """The training part of a visit, here: the client's generators, ``on_client_start``, the local epochs.
+
+        Returns the visit's stats per key (see :meth:`BaseGeneratorModule.pop_visit_stats`). A subclass may
+        train elsewhere (e.g. on a remote node) and return ``None`` when the visit did not happen.
+        """
+        spec = visit.client
+        bank = self.generators.activate(spec.id)
         mode = "shared generators from the server" if self.config.shared_generators else "its own generators"
-        log.info("client %s: training %s (%d generators) on classes %s", spec.id, mode, len(bank.keys), classes)
-        seed = key_seed(self.config.seed, f"round-{self.round}/client-{spec.id}")
+        log.info("client %s: training %s (%d generators) on classes %s", spec.id, mode, len(bank.keys), visit.classes)
+        seed = key_seed(self.config.seed, f"round-{visit.round}/client-{spec.id}")
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
-        loader = client.dataloader("train", classes, seed=seed % (2**31))
+        loader = self.datamodule.client(spec.id).dataloader("train", visit.classes, seed=seed % (2**31))
         self._attach(loader)
         for epoch in range(self.config.local_epochs):
             self.on_advance_start()
@@ -206,14 +223,9 @@ class FederatedFitLoop(_FitLoop):
             self.on_iteration_done()
             if self.trainer.should_stop:
                 break
-        visit.stats = module.pop_visit_stats()
-        visit.seconds = time.perf_counter() - start
-        for key, values in visit.stats.items():
-            per_client = self.round_samples.setdefault(spec.id, {})
-            per_client[key] = per_client.get(key, 0.0) + values["samples"]
-        self.log_visit(visit)
+        stats = module.pop_visit_stats()
         self.generators.deactivate()
-        return visit
+        return stats
 
     def aggregate(self, module: BaseGeneratorModule) -> None:
         """FedAvg per key over the clients that trained it this round; every holder gets the average.
