@@ -15,7 +15,7 @@ from torch import nn
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
 from a2vgen.modules.registry import MODULES
 from a2vgen.nn.adapter import AudioPromptAdapter
-from a2vgen.nn.calibration import covariance_gap, low_rank_ema
+from a2vgen.nn.calibration import low_rank_ema, within_group_factors
 from a2vgen.nn.cvae import ConditionalVAE
 from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
 from a2vgen.nn.protocol import GeneratorNetwork
@@ -202,9 +202,10 @@ class BaseGeneratorModule(LightningModule):
     def _calibrate_sampling_noise(
         self, net: nn.Module, target: torch.Tensor, cond: list[torch.Tensor], cond_index: torch.Tensor | None
     ) -> None:
-        """Move ``net.mean_shift``, ``net.noise_var`` and ``net.noise_basis`` (10 % a step) towards the
-        mean offset and the within-class covariance of the batch that decoding sampled latents does not
-        reproduce (variance floored at ``min_noise_var``; see :mod:`a2vgen.nn.calibration`).
+        """Move ``net.mean_shift``, ``net.noise_var``, ``net.data_basis`` and ``net.decoded_basis`` (10 % a
+        step) towards the batch's: the mean offset and the within-class covariance that decoding sampled
+        latents does not reproduce (variance floored at ``min_noise_var``; see
+        :mod:`a2vgen.nn.calibration`).
 
         Decoding latents drawn as :meth:`sample` draws them, with the batch's conditioning, shows how
         much spread the latent carries; the noise that :meth:`~a2vgen.nn.cvae.ConditionalVAE.sample`
@@ -213,13 +214,15 @@ class BaseGeneratorModule(LightningModule):
         """
         groups = cond_index if cond_index is not None else torch.zeros(target.shape[0], dtype=torch.long)
         prior = net.decode(net.prior_latents(target.shape[0]), net.condition(cond, cond_index))
-        diag, factors, signs = covariance_gap(target, prior, groups)
+        data_var, data_factor = within_group_factors(target, groups)
+        decoded_var, decoded_factor = within_group_factors(prior, groups)
         momentum = 0.1 if bool(net.noise_var.any()) else 1.0
         net.mean_shift.lerp_((target - prior).mean(0).to(net.mean_shift.dtype), momentum)
-        net.noise_var.lerp_(diag.clamp_min(self.hparams.min_noise_var).to(net.noise_var.dtype), momentum)
-        if net.noise_basis.shape[0]:
-            basis = low_rank_ema(net.noise_basis.flatten(1), factors, signs, momentum)
-            net.noise_basis.copy_(basis.view_as(net.noise_basis))
+        gap = (data_var - decoded_var).clamp_min(self.hparams.min_noise_var)
+        net.noise_var.lerp_(gap.to(net.noise_var.dtype), momentum)
+        for basis, factor in ((net.data_basis, data_factor), (net.decoded_basis, decoded_factor)):
+            if basis.shape[0]:
+                basis.copy_(low_rank_ema(basis.flatten(1), factor, momentum).view_as(basis))
 
     # ------------------------------------------------------------------ keys and banks
     def generator_key(self, class_name: str) -> str:

@@ -2,9 +2,11 @@
 
 A VAE trained on tens of clips per class explains part of the class's spread with its latent; the rest
 is added at sampling as Gaussian noise whose covariance is the gap between the data's within-class
-covariance and that of decoded prior draws. The gap is kept as a diagonal (every element) plus a
-low-rank part (the directions the latent misses most, which in audio embeddings span all tokens at
-once), both as exponential moving averages over training batches.
+covariance and that of decoded prior draws: its diagonal (every element) and a low-rank part (the
+directions the latent misses most, which in audio embeddings span all tokens at once). Both
+covariances are kept as exponential moving averages over training batches, each truncated to its top
+directions (a truncated average of the gap itself would keep every batch's positive noise and drop its
+negative noise, and overshoot).
 """
 
 from __future__ import annotations
@@ -24,17 +26,12 @@ def within_group_centered(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.
     return x - means[inverse], max(x.shape[0] - len(counts), 1)
 
 
-def covariance_gap(
-    real: torch.Tensor, decoded: torch.Tensor, groups: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The within-group covariance of ``real`` minus that of ``decoded`` (both ``[B, ...]``, row ``i``
-    of each with the same conditioning), as its diagonal (``real``'s element shape) and a factored form
-    ``A diag(s) Aᵀ`` with ``A`` ``[F, 2B]``."""
-    r, dof = within_group_centered(real.flatten(1), groups)
-    d, _ = within_group_centered(decoded.flatten(1), groups)
-    diag = ((r.square() - d.square()).sum(0) / dof).view(real.shape[1:])
-    signs = torch.cat([r.new_ones(r.shape[0]), -r.new_ones(d.shape[0])]) / dof
-    return diag, torch.cat([r, d]).t(), signs
+def within_group_factors(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The within-group covariance of ``x`` ``[B, ...]`` as its diagonal (``x``'s element shape) and a
+    factor ``A`` ``[F, B]`` with covariance ``A Aᵀ``."""
+    centered, dof = within_group_centered(x.flatten(1), groups)
+    factor = centered.t() / dof**0.5
+    return factor.square().sum(1).view(x.shape[1:]), factor
 
 
 def _small_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,27 +45,36 @@ def _small_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.set_num_threads(threads)
 
 
-def low_rank_ema(
-    basis: torch.Tensor, factors: torch.Tensor, signs: torch.Tensor, momentum: float
-) -> torch.Tensor:
-    """Update ``basis`` ``[r, F]`` (covariance ``basisᵀ basis``) to the top-``r`` positive part of
-    ``(1 − momentum) basisᵀ basis + momentum · factors diag(signs) factorsᵀ``.
+def top_positive(factors: torch.Tensor, weights: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top-``rank`` positive part of ``factors diag(weights) factorsᵀ`` (``factors``: ``[F, k]``) as a
+    basis ``[rank, F]`` (covariance ``basisᵀ basis``).
 
-    Everything is done in the span of the old basis and the new factors ``X`` (``[F, r + k]``): from
-    the eigendecomposition of the small Gram matrix ``XᵀX`` and of the update in that span, never with
-    an ``F × F`` matrix or a QR of a tall one.
+    Everything is done in the span of the factors: from the eigendecomposition of the small Gram matrix
+    ``factorsᵀ factors`` and of the matrix in that span, never with an ``F × F`` matrix or a QR of a
+    tall one.
     """
-    rank = basis.shape[0]
-    stacked = torch.cat([basis.t(), factors.to(basis.dtype)], dim=1)
-    weights = torch.cat([basis.new_full((rank,), 1 - momentum), momentum * signs.to(basis.dtype)])
-    gram_values, gram_vectors = _small_eigh(stacked.t() @ stacked)
+    gram_values, gram_vectors = _small_eigh(factors.t() @ factors)
     keep = gram_values > gram_values.max().clamp_min(1e-30) * 1e-6
     gram_values, gram_vectors = gram_values[keep], gram_vectors[:, keep]
-    coords = gram_vectors.t() * gram_values.sqrt()[:, None]  # stacked = span @ coords, span orthonormal
+    coords = gram_vectors.t() * gram_values.sqrt()[:, None]  # factors = span @ coords, span orthonormal
     values, vectors = _small_eigh((coords * weights) @ coords.t())
     values, vectors = values[-rank:].clamp_min(0), vectors[:, -rank:]
-    span = stacked @ (gram_vectors / gram_values.sqrt())
-    top = span @ (vectors * values.sqrt())
+    top = factors @ (gram_vectors / gram_values.sqrt()) @ (vectors * values.sqrt())
     if top.shape[1] < rank:  # fewer directions than the rank: pad with zeros
         top = torch.cat([top.new_zeros(top.shape[0], rank - top.shape[1]), top], dim=1)
     return top.t()
+
+
+def low_rank_ema(basis: torch.Tensor, factor: torch.Tensor, momentum: float) -> torch.Tensor:
+    """``basis`` ``[r, F]`` moved ``momentum`` of the way towards the covariance ``factor factorᵀ``
+    (``factor``: ``[F, k]``), truncated to its top ``r`` directions."""
+    rank = basis.shape[0]
+    weights = torch.cat([basis.new_full((rank,), 1 - momentum), basis.new_full((factor.shape[1],), momentum)])
+    return top_positive(torch.cat([basis.t(), factor.to(basis.dtype)], dim=1), weights, rank)
+
+
+def covariance_gap_basis(data: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """The top directions ``[r, F]`` of ``dataᵀ data − decodedᵀ decoded`` (bases ``[r, F]`` each)."""
+    rank = data.shape[0]
+    weights = torch.cat([data.new_ones(rank), -data.new_ones(decoded.shape[0])])
+    return top_positive(torch.cat([data, decoded]).t(), weights, rank)

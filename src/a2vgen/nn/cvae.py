@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from a2vgen.nn.calibration import covariance_gap_basis
 from a2vgen.nn.conditioning import ConditionEncoder
 from a2vgen.nn.registry import register_generator
 from a2vgen.nn.standardize import Standardizer
@@ -83,9 +84,9 @@ class ConditionalVAE(nn.Module):
       decoding prior draws over- or under-shoots the data's spread; :meth:`sample` draws from the fit.
     - ``mean_shift``: how far decoded prior draws sit from the data's mean (a decoder trained on few
       clips and sampled from a fitted prior is off by a little); :meth:`sample` adds it back.
-    - ``noise_var`` / ``noise_basis``: the within-class covariance that decoded latents do not
-      reproduce, as its per-element variance and its top ``noise_rank`` directions (see
-      :mod:`a2vgen.nn.calibration`); :meth:`sample` adds it as noise, so samples carry the spread the
+    - ``noise_var``, ``data_basis``, ``decoded_basis``: the within-class covariance that decoded latents
+      do not reproduce, as its per-element variance and the top ``noise_rank`` directions of the data's
+      and of decoded prior draws' within-class covariances (see :mod:`a2vgen.nn.calibration`); :meth:`sample` adds it as noise, so samples carry the spread the
       latent does not explain, in the directions the data spreads along, instead of only the decoder's
       mean.
 
@@ -115,19 +116,17 @@ class ConditionalVAE(nn.Module):
         self.audio_norm = Standardizer(self.audio_shape)
         self.register_buffer("mean_shift", torch.zeros(self.audio_shape))
         self.register_buffer("noise_var", torch.zeros(self.audio_shape))
-        self.register_buffer("noise_basis", torch.zeros(noise_rank, *self.audio_shape))
+        self.register_buffer("data_basis", torch.zeros(noise_rank, *self.audio_shape))
+        self.register_buffer("decoded_basis", torch.zeros(noise_rank, *self.audio_shape))
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_var", torch.ones(latent_dim))
         c = cond_width if cond_shapes else 0
         self.encoder = ConditionedMLP(flat, c, hidden_dim, 2 * latent_dim)
         self.decoder = ConditionedMLP(latent_dim, c, hidden_dim, flat)
         self.mean_head = nn.Linear(c, flat) if c else None
-        # Zero output layers: a fresh VAE decodes exactly the (standardized) class mean, and training
-        # adds only what the data shows, instead of first unlearning a random offset.
-        for layer in (self.decoder.body[-1], self.mean_head):
-            if layer is not None:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        if self.mean_head is not None:
+            nn.init.zeros_(self.mean_head.weight)
+            nn.init.zeros_(self.mean_head.bias)
 
     @property
     def conditional(self) -> bool:
@@ -222,10 +221,11 @@ class ConditionalVAE(nn.Module):
 
     def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws ``[n, L, D]`` of the calibrated noise: low-rank part plus the diagonal rest."""
-        device, rank = self.noise_var.device, self.noise_basis.shape[0]
-        rest = (self.noise_var - self.noise_basis.pow(2).sum(0)).clamp_min(0)
-        noise = torch.randn(n, *self.audio_shape, generator=generator, device=device) * rest.sqrt()
-        if rank:
+        device, rank = self.noise_var.device, self.data_basis.shape[0]
+        basis = covariance_gap_basis(self.data_basis.flatten(1), self.decoded_basis.flatten(1)) if rank else None
+        rest = self.noise_var if basis is None else self.noise_var - basis.pow(2).sum(0).view(self.audio_shape)
+        noise = torch.randn(n, *self.audio_shape, generator=generator, device=device) * rest.clamp_min(0).sqrt()
+        if basis is not None:
             weights = torch.randn(n, rank, generator=generator, device=device)
-            noise = noise + torch.einsum("nr,rld->nld", weights, self.noise_basis)
+            noise = noise + (weights @ basis).view(n, *self.audio_shape)
         return noise
