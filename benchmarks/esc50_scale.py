@@ -1,0 +1,175 @@
+"""ESC-50 scale: a federated per-class run of ESC-50's size, against the raw step rate of the same process.
+
+50 classes, 5 clients x 10 classes, 32 training clips per class, 10 rounds x 10 local epochs (160 k
+sample-epochs), shared ``PerClassGenerator`` with the ``ClassChangeResetCallback``, default network sizes,
+demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a key-grouped batch holds one
+class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. The fit runs in a fresh process
+after the raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32),
+so the ratios compare numbers measured in one process, on one machine phase. Reported: wall time,
+samples/s and its ratio to the raw rates, peak RSS, the first visits' cost against a typical visit, and
+per checkpoint its size, write time and the run's disk use (peak while writing, and kept) against one
+full training state. Targets (issue 16): >= 0.8x the batch-64 raw rate; peak RSS <= 3 GiB; disk kept
+with ``keep_last: 1`` <= 1.5x one training state.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as c
+
+RATE_TARGET = 0.8
+RSS_TARGET_MIB = 3 * 1024
+DISK_TARGET = 1.5
+
+
+def setting(smoke: bool) -> dict:
+    if smoke:
+        return {"smoke": True, "clients": 2, "per_client": 3, "clips": 8, "rounds": 2, "local_epochs": 1, "every": 1}
+    return {"smoke": False, "clients": 5, "per_client": 10, "clips": 32, "rounds": 10, "local_epochs": 10, "every": 5}
+
+
+def raw_rates(dm, dims: dict, smoke: bool) -> dict[int, float]:
+    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32, after a warm-up."""
+    c.raw_train(dm, dims, 1, 1, batch_size=64, best=True)
+    epochs = 1 if smoke else 2
+    rates = {}
+    for batch in (64, 32):
+        seconds, samples = c.raw_train(dm, dims, 1, epochs, batch_size=batch, best=True)
+        rates[batch] = samples / seconds
+    return rates
+
+
+class CheckpointMeter:
+    """Wraps a ``CheckpointIO``: times each save and notes the file's size and the folder's peak and kept bytes."""
+
+    def __init__(self, io) -> None:
+        self.io = io
+        self.saves: list[dict] = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        folder = Path(path).parent
+        before = folder_bytes(folder)
+        start = time.perf_counter()
+        self.io.save_checkpoint(checkpoint, path, storage_options)
+        seconds = time.perf_counter() - start
+        size = os.path.getsize(path)
+        full = "optimizer_states" in checkpoint
+        self.saves.append(
+            {"file": Path(path).name, "full": full, "bytes": size, "seconds": seconds, "peak": before + size}
+        )
+
+    def __getattr__(self, name):
+        return getattr(self.io, name)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def run_contender(spec: dict) -> dict:
+    from lightning.pytorch import Callback
+
+    from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
+    from a2vgen.data.clients import ClientSpec
+
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
+    n = spec["clients"] * spec["per_client"]
+    source = c.demo_source(spec["smoke"], n, spec["clips"])
+    names = source.load().classes
+    k = spec["per_client"]
+    clients = [ClientSpec(str(i), classes=names[i * k : (i + 1) * k]) for i in range(spec["clients"])]
+    dm = c.datamodule(source, clients)
+    _ = dm.data
+    rates = raw_rates(dm, dims, spec["smoke"])
+    module = c.module("PerClassGenerator", dm, dims)
+    visits: list[float] = []
+
+    class VisitTimes(Callback):
+        def on_client_end(self, trainer, module, visit) -> None:
+            visits.append(visit.seconds)
+
+    with tempfile.TemporaryDirectory() as root:
+        ckpt = RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"), every_n_rounds=spec["every"], keep_last=1)
+        trainer = c.trainer(root, max_rounds=spec["rounds"], local_epochs=spec["local_epochs"], checkpoint=False)
+        trainer.callbacks += [ClassChangeResetCallback(), ckpt, VisitTimes()]
+        meter = CheckpointMeter(trainer.strategy.checkpoint_io)
+        trainer.strategy.checkpoint_io = meter
+        seconds, samples = c.timed_fit(trainer, module, dm)
+        kept = folder_bytes(Path(ckpt.dirpath))
+    full = max(s["bytes"] for s in meter.saves if s["full"])
+    typical = statistics.median(visits[spec["clients"] :]) if len(visits) > spec["clients"] else visits[-1]
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "samples_per_s": samples / seconds,
+        "raw64": rates[64],
+        "raw32": rates[32],
+        "peak_rss_mib": c.peak_rss_mib(),
+        "visit1": visits[0],
+        "visit2": visits[1],
+        "visit_typical": typical,
+        "saves": meter.saves,
+        "full_bytes": full,
+        "kept_bytes": kept,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = c.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if args.worker:
+        return c.worker_main(run_contender, args.worker)
+    spec = {**setting(args.smoke), "name": "esc50_scale"}
+    r = c.alternate(__file__, run_contender, [spec], 1, args.smoke or args.inprocess)["esc50_scale"]
+    rate = r["samples_per_s"]
+    c.print_table(
+        "esc50_scale: per_class, 50 classes, 5 clients, 10 rounds x 10 local epochs (CPU, fp32, 2 threads)",
+        ["measure", "value", "vs raw batch 64", "vs raw batch 32"],
+        [
+            ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
+            ["raw samples/s, batch 64", r["raw64"], 1.0, r["raw64"] / r["raw32"]],
+            ["raw samples/s, batch 32", r["raw32"], r["raw32"] / r["raw64"], 1.0],
+            ["fit wall s", r["seconds"], "-", "-"],
+            ["sample-epochs", r["samples"], "-", "-"],
+            ["peak RSS MiB", r["peak_rss_mib"], "-", "-"],
+        ],
+    )
+    c.print_table(
+        "esc50_scale: client visits (s)",
+        ["first", "second", "typical (median after round 1)", "first / typical"],
+        [[r["visit1"], r["visit2"], r["visit_typical"], r["visit1"] / r["visit_typical"]]],
+    )
+    full = r["full_bytes"]
+    c.print_table(
+        "esc50_scale: checkpoint writes (one training state = the largest full file)",
+        ["file", "content", "MiB", "write s", "MiB/s", "disk while writing / state"],
+        [
+            [
+                s["file"],
+                "full" if s["full"] else "weights",
+                s["bytes"] / 2**20,
+                s["seconds"],
+                s["bytes"] / 2**20 / s["seconds"],
+                s["peak"] / full,
+            ]
+            for s in r["saves"]
+        ],  # fmt: skip
+    )
+    kept = r["kept_bytes"] / full
+    ratio = rate / r["raw64"]
+    print(f"target fit >= {RATE_TARGET}x raw batch-64 rate: {ratio:.2f}x -> {c.verdict(ratio >= RATE_TARGET)}")
+    rss = r["peak_rss_mib"]
+    print(f"target peak RSS <= {RSS_TARGET_MIB} MiB: {rss:.0f} MiB -> {c.verdict(rss <= RSS_TARGET_MIB)}")
+    print(
+        f"target disk kept (keep_last 1) <= {DISK_TARGET}x one state: {kept:.2f}x -> {c.verdict(kept <= DISK_TARGET)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
