@@ -3,12 +3,13 @@
 50 classes, 5 clients x 10 classes, 32 training clips per class, 10 rounds x 10 local epochs (160 k
 sample-epochs), shared ``PerClassGenerator`` with the ``ClassChangeResetCallback``, default network sizes,
 demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a key-grouped batch holds one
-class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. The fit runs in a fresh process
-after the raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32),
-so the ratios compare numbers measured in one process, on one machine phase. Reported: wall time,
+class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. One fresh process measures the
+raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32) and then
+the fit, so the ratios compare numbers of one process and one machine phase. Under ``run_all.py``'s time
+budget fewer rounds run (at least 2; the table says how many). Reported: wall time,
 samples/s and its ratio to the raw rates, peak RSS, the first visits' cost against a typical visit, and
 per checkpoint its size, write time and the run's disk use (peak while writing, and kept) against one
-full training state. Targets (issue 16): >= 0.8x the batch-64 raw rate; peak RSS <= 3 GiB; disk kept
+full training state. ``--classes 309 --clients 10`` (and fewer rounds) measures a VGGSound-sized run. Targets (issue 16): >= 0.8x the batch-64 raw rate; peak RSS <= 3 GiB; disk kept
 with ``keep_last: 1`` <= 1.5x one training state.
 """
 
@@ -24,14 +25,19 @@ from pathlib import Path
 import _common as c
 
 RATE_TARGET = 0.8
+PLANNED_RATE = 0.3  # of the raw batch-64 rate: a cautious guess of the fit's, to fit the rounds in a budget
 RSS_TARGET_MIB = 3 * 1024
 DISK_TARGET = 1.5
 
 
-def setting(smoke: bool) -> dict:
-    if smoke:
-        return {"smoke": True, "clients": 2, "per_client": 3, "clips": 8, "rounds": 2, "local_epochs": 1, "every": 1}
-    return {"smoke": False, "clients": 5, "per_client": 10, "clips": 32, "rounds": 10, "local_epochs": 10, "every": 5}
+def setting(args) -> dict:
+    """The workload: ESC-50's (or ``--smoke``'s), with any size given on the command line instead."""
+    if args.smoke:
+        out = {"smoke": True, "clients": 2, "classes": 6, "clips": 8, "rounds": 2, "local_epochs": 1, "every": 1}
+    else:
+        out = {"smoke": False, "clients": 5, "classes": 50, "clips": 32, "rounds": 10, "local_epochs": 10, "every": 5}
+    out.update({k: v for k, v in vars(args).items() if k in out and v is not None})
+    return out
 
 
 def raw_rates(dm, dims: dict, smoke: bool) -> dict[int, float]:
@@ -68,6 +74,15 @@ class CheckpointMeter:
         return getattr(self.io, name)
 
 
+def rounds_in_budget(spec: dict, raw64: float) -> int:
+    """``spec``'s rounds, or fewer (at least 2) when they would not end before ``run_all``'s deadline."""
+    end = c.deadline()
+    if end is None:
+        return spec["rounds"]
+    per_round = spec["classes"] * spec["clips"] * spec["local_epochs"] / (PLANNED_RATE * raw64)
+    return max(2, min(spec["rounds"], int((end - time.time()) / per_round)))
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
 
@@ -79,14 +94,15 @@ def run_contender(spec: dict) -> dict:
     from a2vgen.data.clients import ClientSpec
 
     dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
-    n = spec["clients"] * spec["per_client"]
-    source = c.demo_source(spec["smoke"], n, spec["clips"])
+    source = c.demo_source(spec["smoke"], spec["classes"], spec["clips"])
     names = source.load().classes
-    k = spec["per_client"]
-    clients = [ClientSpec(str(i), classes=names[i * k : (i + 1) * k]) for i in range(spec["clients"])]
+    n = spec["clients"]
+    clients = [ClientSpec(str(i), classes=names[i::n]) for i in range(n)]
     dm = c.datamodule(source, clients)
     _ = dm.data
     rates = raw_rates(dm, dims, spec["smoke"])
+    rounds = rounds_in_budget(spec, rates[64])
+    every = min(spec["every"], max(1, rounds // 2))  # at least two checkpoint writes
     module = c.module("PerClassGenerator", dm, dims)
     visits: list[float] = []
 
@@ -95,8 +111,8 @@ def run_contender(spec: dict) -> dict:
             visits.append(visit.seconds)
 
     with tempfile.TemporaryDirectory() as root:
-        ckpt = RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"), every_n_rounds=spec["every"], keep_last=1)
-        trainer = c.trainer(root, max_rounds=spec["rounds"], local_epochs=spec["local_epochs"], checkpoint=False)
+        ckpt = RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"), every_n_rounds=every, keep_last=1)
+        trainer = c.trainer(root, max_rounds=rounds, local_epochs=spec["local_epochs"], checkpoint=False)
         trainer.callbacks += [ClassChangeResetCallback(), ckpt, VisitTimes()]
         meter = CheckpointMeter(trainer.strategy.checkpoint_io)
         trainer.strategy.checkpoint_io = meter
@@ -105,6 +121,7 @@ def run_contender(spec: dict) -> dict:
     full = max(s["bytes"] for s in meter.saves if s["full"])
     typical = statistics.median(visits[spec["clients"] :]) if len(visits) > spec["clients"] else visits[-1]
     return {
+        "rounds": rounds,
         "seconds": seconds,
         "samples": samples,
         "samples_per_s": samples / seconds,
@@ -121,14 +138,20 @@ def run_contender(spec: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = c.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = c.parser(__doc__.splitlines()[0])
+    for name in ("classes", "clients", "clips", "rounds", "local_epochs", "every"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the workload's {name}")
+    args = p.parse_args(argv)
     if args.worker:
         return c.worker_main(run_contender, args.worker)
-    spec = {**setting(args.smoke), "name": "esc50_scale"}
+    spec = {**setting(args), "name": "esc50_scale"}
     r = c.alternate(__file__, run_contender, [spec], 1, args.smoke or args.inprocess)["esc50_scale"]
     rate = r["samples_per_s"]
+    if r["rounds"] < spec["rounds"]:
+        print(f"(time budget: {r['rounds']} of {spec['rounds']} rounds run)")
+    size = f"{spec['classes']} classes, {spec['clients']} clients, {spec['clips']} clips/class"
     c.print_table(
-        "esc50_scale: per_class, 50 classes, 5 clients, 10 rounds x 10 local epochs (CPU, fp32, 2 threads)",
+        f"esc50_scale: per_class, {size}, {r['rounds']} rounds x {spec['local_epochs']} local epochs (CPU, fp32)",
         ["measure", "value", "vs raw batch 64", "vs raw batch 32"],
         [
             ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
