@@ -84,7 +84,9 @@ def rounds_in_budget(spec: dict, raw64: float) -> int:
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
+    """Bytes of the files in ``folder``, each hard-linked file counted once."""
+    files = {p.stat().st_ino: p.stat().st_size for p in folder.glob("*") if p.is_file()} if folder.is_dir() else {}
+    return sum(files.values())
 
 
 def run_contender(spec: dict) -> dict:
