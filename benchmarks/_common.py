@@ -5,7 +5,9 @@ contender and returns a dict of numbers. :func:`alternate` runs every contender 
 in a fresh process (``python <script> --worker '<spec json>'``), visiting the contenders in turn
 (A B C A B C ...) so that a slow phase of the machine hits all of them alike; the median is reported.
 With ``inprocess=True`` (``--smoke``) the contenders run in the calling process instead (importing Lightning
-per process costs ~5 s).
+per process costs ~5 s). Nothing waits for a quiet machine: each run records how many CPUs other processes
+kept busy, and a result measured under more than :data:`CONTENDED` of them is marked ``noisy``. Under
+``run_all.py`` a deadline (``A2VGEN_BENCH_DEADLINE``, seconds since the epoch) stops further repeats.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 THREADS = 2
 BATCH = 64
-DEFAULT_DIMS = {"hidden_dim": 1024, "latent_dim": 256, "cond_width": 128}
+DIM_NAMES = ("hidden_dim", "latent_dim", "cond_width")
 SMOKE_DIMS = {"hidden_dim": 32, "latent_dim": 8, "cond_width": 8}
 SD_DATA = {"tokens": 4, "audio_dim": 768, "cond_tokens": 77, "cond_dim": 768}
 SMOKE_DATA = {"tokens": 4, "audio_dim": 16, "cond_tokens": 6, "cond_dim": 8}
 RESULT_TAG = "BENCH-RESULT "
-CONTENDED = 0.3  # a run during which other processes kept more CPUs busy than this on average is retried
-MAX_ATTEMPTS = 1
+CONTENDED = 0.3  # a run during which other processes kept more CPUs busy than this on average is "noisy"
+DEADLINE_ENV = "A2VGEN_BENCH_DEADLINE"
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 
 
@@ -74,33 +76,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--inprocess", action="store_true", help="run contenders in this process (no isolation)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
-
-
-def busy_cpus(interval: float = 1.0) -> float:
-    """CPUs kept busy by other processes over ``interval`` seconds (call while this process idles)."""
-
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = snapshot()
-        time.sleep(interval)
-        total1, idle1 = snapshot()
-    except OSError:
-        return 0.0
-    total = max(total1 - total0, 1)
-    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / total)
-
-
-def wait_for_quiet(limit: float = 0.3, max_wait: float = 20.0) -> float:
-    """Wait (up to ``max_wait`` s) until other processes keep fewer than ``limit`` CPUs busy; return that."""
-    start = time.monotonic()
-    busy = busy_cpus()
-    while busy > limit and time.monotonic() - start < max_wait:
-        busy = busy_cpus(2.0)
-    return busy
 
 
 def _cpu_snapshot() -> tuple[float, float, float]:
@@ -141,6 +116,22 @@ def _run_subprocess(script: str, spec: dict) -> dict:
     raise RuntimeError(f"{script} printed no result:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
+def default_dims() -> dict:
+    """The generator modules' default network sizes (read from the base module's signature)."""
+    import inspect
+
+    from a2vgen.modules.base import BaseGeneratorModule
+
+    params = inspect.signature(BaseGeneratorModule.__init__).parameters
+    return {name: params[name].default for name in DIM_NAMES}
+
+
+def deadline() -> float | None:
+    """Wall-clock time (``time.time()``) after which no further repeat starts, when ``run_all`` set one."""
+    value = os.environ.get(DEADLINE_ENV)
+    return float(value) if value else None
+
+
 def alternate(
     script: str,
     run_contender: Callable[[dict], dict],
@@ -148,29 +139,31 @@ def alternate(
     repeats: int,
     inprocess: bool,
 ) -> dict[str, dict]:
-    """Run every spec ``repeats`` times in alternation; return ``name -> {metric: median, "runs": n, "load": max}``."""
+    """Run every spec ``repeats`` times in alternation; return ``name -> {metric: median, "runs": n, ...}``.
+
+    Each contender runs at least once; a later repeat starts only if it should end (judged by that
+    contender's slowest run so far) before :func:`deadline`. ``others_cpus`` is the most CPUs other
+    processes kept busy during a run of the contender and ``noisy`` says whether that exceeded
+    :data:`CONTENDED`.
+    """
     runs: dict[str, list[dict]] = {s["name"]: [] for s in specs}
-    loads: list[float] = []
+    took: dict[str, float] = {}
+    cut = False
     if inprocess:
         setup_torch()
     for _ in range(repeats):
         for spec in specs:
-            n = spec.get("repeats", repeats)
-            if len(runs[spec["name"]]) >= n:
+            name = spec["name"]
+            done = runs[name]
+            if len(done) >= spec.get("repeats", repeats):
                 continue
-            if inprocess:
-                result = run_contender(dict(spec))
-            else:  # other processes share the 2 cores at times: wait for quiet, retry contended runs
-                best = None
-                for _attempt in range(MAX_ATTEMPTS):
-                    loads.append(wait_for_quiet())
-                    result = _run_subprocess(script, spec)
-                    if best is None or result["others_cpus"] < best["others_cpus"]:
-                        best = result
-                    if result["others_cpus"] <= CONTENDED:
-                        break
-                result = best
-            runs[spec["name"]].append(result)
+            end = deadline()
+            if done and end is not None and time.time() + took[name] > end:
+                cut = True
+                continue
+            start = time.time()
+            done.append(run_contender(dict(spec)) if inprocess else _run_subprocess(script, spec))
+            took[name] = max(took.get(name, 0.0), time.time() - start)
     out = {}
     for name, results in runs.items():
         merged = {}
@@ -180,18 +173,17 @@ def alternate(
         merged["runs"] = len(results)
         if "others_cpus" in results[0]:
             merged["others_cpus"] = max(r["others_cpus"] for r in results)
+            merged["noisy"] = merged["others_cpus"] > CONTENDED
         out[name] = merged
     busy = {n: r["others_cpus"] for n, r in out.items() if "others_cpus" in r}
     if busy:
         print(
-            "(max CPUs kept busy by other processes during runs: "
-            + ", ".join(f"{n}: {v:.2f}" for n, v in busy.items())
-            + ")"
+            "(CPUs kept busy by other processes during runs, max: "
+            + ", ".join(f"{n}: {v:.2f}{' NOISY' if v > CONTENDED else ''}" for n, v in busy.items())
+            + f"; load average {os.getloadavg()[0]:.2f})"
         )
-    if loads:
-        print(
-            f"(CPUs busy with other processes just before each run: max {max(loads):.2f}, median {statistics.median(loads):.2f})"
-        )
+    if cut:
+        print("(repeats cut short by the time budget)")
     return out
 
 
@@ -223,6 +215,11 @@ def _fmt(value) -> str:
             return f"{value:.2f}"
         return f"{value:.3g}"
     return str(value)
+
+
+def noisy(result: dict) -> str:
+    """``yes`` when other processes kept more than :data:`CONTENDED` CPUs busy during the result's runs."""
+    return "yes" if result.get("noisy") else "no"
 
 
 def verdict(ok: bool) -> str:
@@ -417,8 +414,8 @@ def throughput_table(script: str, run_contender, specs: list[dict], args, baseli
     res = alternate(script, run_contender, specs, repeats, args.smoke or args.inprocess)
     base = res[baseline]["samples_per_s"]
     rows = [
-        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / base, r["runs"]]
+        [name, r["samples"], r["seconds"], r["samples_per_s"], r["samples_per_s"] / base, r["runs"], noisy(r)]
         for name, r in res.items()
     ]
-    print_table(title, ["contender", "samples", "seconds", "samples/s", ratio, "runs"], rows)
+    print_table(title, ["contender", "samples", "seconds", "samples/s", ratio, "runs", "noisy"], rows)
     return rows

@@ -75,7 +75,9 @@ def generator_memory(smoke: bool) -> list[list]:
                 trainer.fit(module, datamodule=dm)
             params, opt = state_bytes(trainer, module)
             small = sum(p.numel() for p in ConditionalVAE(dm.audio_shape, dm.cond_shapes, **dims).parameters())
-            full = sum(p.numel() for p in ConditionalVAE(dm.audio_shape, dm.cond_shapes, **c.DEFAULT_DIMS).parameters())
+            full = sum(
+                p.numel() for p in ConditionalVAE(dm.audio_shape, dm.cond_shapes, **c.default_dims()).parameters()
+            )
             scale = full / small
             rows.append(
                 [n, "shared" if shared else "independent", params / 2**20, opt / 2**20, (params + opt) * scale / 2**20]
@@ -185,7 +187,7 @@ def run_contender(spec: dict) -> dict:
     from a2vgen.data.clients import ClientSpec
     from a2vgen.data.demo import DEMO_CLASSES
 
-    dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
     clients = [ClientSpec("0", classes=DEMO_CLASSES[:5]), ClientSpec("1", classes=DEMO_CLASSES[5:])]
     source = c.demo_source(spec["smoke"], 10, 8 if spec["smoke"] else 64)
     if spec["smoke"]:  # the data's conditioning must live in the pipeline's prompt space (tiny CLIP: 32 wide)

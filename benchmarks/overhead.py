@@ -26,7 +26,7 @@ def setting(smoke: bool) -> dict:
 
 
 def run_contender(spec: dict) -> dict:
-    dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
     dm = c.two_client_datamodule(spec)
     _ = dm.data
     if spec["name"] == RAW:

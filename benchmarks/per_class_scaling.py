@@ -30,7 +30,7 @@ def setting(smoke: bool) -> dict:
 def run_contender(spec: dict) -> dict:
     from a2vgen.data.clients import ClientSpec
 
-    dims = c.SMOKE_DIMS if spec["smoke"] else c.DEFAULT_DIMS
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
     classes = 10 if spec["name"] == PC10 else 50
     source = c.demo_source(spec["smoke"], classes, spec["samples"] // classes)
     names = source.load().classes
@@ -64,12 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     res = c.alternate(__file__, run_contender, specs, repeats, args.smoke or args.inprocess)
     unified = res[UNIFIED]["samples_per_s"]
     rows = [
-        [name, r["keys"], r["samples"], r["seconds"], r["samples_per_s"], unified / r["samples_per_s"], r["runs"]]
+        [
+            name,
+            r["keys"],
+            r["samples"],
+            r["seconds"],
+            r["samples_per_s"],
+            unified / r["samples_per_s"],
+            r["runs"],
+            c.noisy(r),
+        ]
         for name, r in res.items()
     ]
     c.print_table(
         "per_class_scaling: fit time per sample, median of runs (batch 64, fp32, 2 threads)",
-        ["contender", "keys", "sample-epochs", "seconds", "samples/s", "time vs unified", "runs"],
+        ["contender", "keys", "sample-epochs", "seconds", "samples/s", "time vs unified", "runs", "noisy"],
         rows,
     )
     ratio = unified / res[PC50]["samples_per_s"]

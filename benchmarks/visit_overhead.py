@@ -80,10 +80,22 @@ def main(argv: list[str] | None = None) -> int:
             extra_in = (r["visit_seconds"] - ref["visit_seconds"]) / (n - 1) * 1000
             if "fedavg" not in name:
                 worst = max(worst, extra)
-        rows.append([name, r["visits"], r["samples"], r["seconds"], r["visit_seconds"], extra, extra_in, r["runs"]])
+        rows.append(
+            [name, r["visits"], r["samples"], r["seconds"], r["visit_seconds"], extra, extra_in, r["runs"], c.noisy(r)]
+        )
     c.print_table(
         f"visit_overhead: N={n} batches of 64, median of runs (hidden 256, latent 64, fp32, 2 threads)",
-        ["contender", "visits", "samples", "fit s", "in visits s", "ms/visit (fit)", "ms/visit (in visits)", "runs"],
+        [
+            "contender",
+            "visits",
+            "samples",
+            "fit s",
+            "in visits s",
+            "ms/visit (fit)",
+            "ms/visit (in visits)",
+            "runs",
+            "noisy",
+        ],
         [[("-" if isinstance(v, float) and v != v else v) for v in row] for row in rows],
     )
     print(

@@ -373,7 +373,7 @@ def test_wandb_without_network_falls_back_to_offline_in_its_own_run_folder_and_r
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     start = time.perf_counter()
     main([*DEMO, "--trainer.max_rounds", "1", "--trainer.logger", str(ROOT / "configs" / "loggers" / "wandb.yaml")])
-    assert time.perf_counter() - start < 15
+    assert time.perf_counter() - start < 60  # blocked, W&B would wait ~100 s; a loaded 2-core machine needs > 15
     assert f"W&B server http://127.0.0.1:{port} unreachable" in caplog.text and "logging offline" in caplog.text
     (run,) = (workdir / "runs" / "a2vgen").iterdir()
     assert (run / "config.yaml").is_file() and list((run / "exports").glob("*.json"))

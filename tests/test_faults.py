@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from a2vgen.cli import main
+from a2vgen.export import load_module
 from fault_child import inject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,17 +146,36 @@ def test_disk_full_is_a_clear_error_keeps_earlier_files_and_resume_works(
     assert rows(run) == rows(uninterrupted) and header(run) == header(uninterrupted)
 
 
-def test_damaged_last_checkpoint_resumes_from_the_newest_intact_round(tmp_path, uninterrupted, monkeypatch, caplog):
+def test_damaged_last_checkpoint_is_a_clear_error_and_round_files_cannot_be_resumed(
+    tmp_path, uninterrupted, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(uninterrupted.parent.parent.parent / "runs", tmp_path / "runs")
     run = run_folder(tmp_path)
     checkpoints = run / "checkpoints"
-    (checkpoints / "last.ckpt").unlink()  # a hard link of round-0003: replace it, like a torn copy would
     (checkpoints / "last.ckpt").write_bytes(b"PK\x03\x04 torn")
-    (checkpoints / "round-0003.ckpt").write_bytes((checkpoints / "round-0003.ckpt").read_bytes()[:1000])
-    main([*FIT, "--ckpt_path", "last"])
     folder = checkpoints.relative_to(tmp_path)
-    assert f"{folder / 'round-0003.ckpt'} is damaged (not a readable checkpoint): skipped" in caplog.text
-    assert f"{folder / 'last.ckpt'} is missing or damaged: resuming from {folder / 'round-0002.ckpt'}" in caplog.text
-    assert_same(state(checkpoints / "last.ckpt"), state(uninterrupted / "checkpoints" / "last.ckpt"))
-    assert rows(run) == rows(uninterrupted)
+    with pytest.raises(SystemExit) as done:
+        main([*FIT, "--ckpt_path", "last"])
+    assert done.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{folder / 'last.ckpt'} is missing or damaged: cannot resume exactly; {folder / 'round-0003.ckpt'}" in error
+    with pytest.raises(SystemExit) as done:
+        main([*FIT, "--ckpt_path", str(folder / "round-0003.ckpt")])
+    assert done.value.code == 2
+    assert "round-0003.ckpt is a weights-only round snapshot (no optimizer state)" in capsys.readouterr().err
+    assert rows(run) == rows(uninterrupted)  # nothing was trained or overwritten
+
+
+def test_round_files_hold_their_rounds_generators_without_optimizer_state(uninterrupted):
+    checkpoints = uninterrupted / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "round-0002.ckpt", "round-0003.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    newest = torch.load(checkpoints / "round-0003.ckpt", weights_only=True)
+    assert "optimizer_states" in last and "optimizer_states" not in newest
+    assert_same(newest["state_dict"], last["state_dict"])
+    assert_same(newest["a2vgen"], last["a2vgen"])
+    module, _ = load_module(checkpoints / "round-0002.ckpt")
+    older = torch.load(checkpoints / "round-0002.ckpt", weights_only=True)["state_dict"]
+    assert_same({k: v for k, v in module.state_dict().items() if k in older}, older)
+    assert not all(torch.equal(older[k], last["state_dict"][k]) for k in older)  # round 2, not round 3

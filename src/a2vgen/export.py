@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from a2vgen.data.embeddings import EmbeddingSet, save_embeddings
+from a2vgen.io import atomic_path
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import MODULES
@@ -226,10 +226,10 @@ def export_bank(
         }
         stem = out_dir / (key if client is None else f"client-{client}.{key}")
         weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-        save_file(tensors, str(weights) + ".tmp")
-        os.replace(str(weights) + ".tmp", weights)
-        Path(str(info) + ".tmp").write_text(json.dumps(meta, indent=2))
-        os.replace(str(info) + ".tmp", info)
+        with atomic_path(weights) as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(info) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
         written += [weights, info]
     return written
 

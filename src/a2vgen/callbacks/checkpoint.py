@@ -1,9 +1,8 @@
-"""Round checkpoints: every ``k`` rounds, the newest ``N`` kept, plus ``last.ckpt``; atomic writes."""
+"""Round checkpoints: ``last.ckpt`` (the full training state) plus the newest ``N`` weights-only round files."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,18 +15,24 @@ log = logging.getLogger(__name__)
 class RoundCheckpoint(ModelCheckpoint):
     """Save the whole federation (generators, optimizer states, ages, seen classes, cursor) at round ends.
 
-    Files are ``round-XXXX.ckpt`` and ``last.ckpt`` in ``dirpath`` (default: the logger's run folder).
-    Each is written to a temporary file and renamed, so a killed run never leaves a torn checkpoint.
-    ``last.ckpt`` is also written when fit stops early, so ``--ckpt_path last`` resumes from there.
-    A failed write (e.g. a full disk) stops the run with an error and leaves the previous files intact.
-    Nothing is written under ``fast_dev_run``. Configured twice (a preset added with ``callbacks+=``), the
-    last one is used; on the command line: ``--trainer.callbacks+=callbacks/checkpoint.yaml
+    ``last.ckpt`` in ``dirpath`` (default: the logger's run folder) is the one full training state: it is
+    what ``--ckpt_path last`` resumes from, exactly. ``round-XXXX.ckpt`` files are weights-only snapshots
+    (generators with their ages, seen classes and metadata; no optimizer state, about 1/3 of the size with
+    Adam): they restore the generators for ``sample``, ``export``, ``validate``/``test``/``predict`` and
+    ``report``, not an exact resume. With ``keep_last: 1`` the folder holds about 1.33x one training
+    state. Every file is written through the trainer's ``CheckpointIO`` (a2vgen's default writes a
+    temporary file, syncs and renames it, so a killed run never leaves a torn checkpoint); the oldest round
+    file to be dropped is deleted before ``last.ckpt`` is rewritten, so disk use peaks at about two
+    training states during a write. ``last.ckpt`` is also written when fit stops early. A failed write
+    (e.g. a full disk) stops the run with an error and leaves the previous files intact. Nothing is
+    written under ``fast_dev_run``. Configured twice (a preset added with ``callbacks+=``), the last one
+    is used; on the command line: ``--trainer.callbacks+=callbacks/checkpoint.yaml
     --trainer.callbacks.init_args.every_n_visits 1`` (the preset is then the last callback).
 
     Args:
         dirpath: folder for checkpoints.
         every_n_rounds: save every ``k`` rounds (and after the final round).
-        keep_last: round checkpoints kept (older ones are deleted); ``last.ckpt`` is extra.
+        keep_last: weights-only round snapshots kept (older ones are deleted); ``last.ckpt`` is extra.
         every_n_visits: also save ``last.ckpt`` after every ``n`` client visits (0: never), to resume mid-round.
     """
 
@@ -52,29 +57,19 @@ class RoundCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, *args, **kwargs) -> None: ...
 
-    def _save(self, trainer, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+    def _save(self, trainer, path: Path, weights_only: bool = False) -> None:
         try:
-            trainer.save_checkpoint(str(tmp), weights_only=False)
-            os.replace(tmp, path)
+            trainer.save_checkpoint(str(path), weights_only=weights_only)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             kept = path if path.exists() else "none yet"
             raise UserError(
                 f"cannot write checkpoint {path}: {err.strerror or err}; previous checkpoint: {kept} (intact); "
                 "free space and resume with --ckpt_path last"
             ) from err
 
-    def _save_last(self, trainer, same_as: Path | None = None) -> None:
-        """Write ``last.ckpt`` (a hard link to ``same_as`` when that file holds the same state)."""
+    def _save_last(self, trainer) -> None:
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        if same_as is None:
-            self._save(trainer, path)
-        else:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            os.link(same_as, tmp)
-            os.replace(tmp, path)
+        self._save(trainer, path)
         self.last_model_path = str(path)
 
     def on_client_end(self, trainer, module, visit) -> None:
@@ -87,16 +82,16 @@ class RoundCheckpoint(ModelCheckpoint):
         final = round >= trainer.federation.max_rounds
         if trainer.fast_dev_run or (round % self.every_n_rounds and not final):
             return
-        path = None
+        if self.keep_last:  # make room first: the current last.ckpt holds newer weights than these files
+            older = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
+            for old in older[: max(len(older) - self.keep_last + 1, 0)]:
+                old.unlink()
+        self._save_last(trainer)
         if self.keep_last:
             path = Path(self.dirpath) / f"round-{round:04d}{self.FILE_EXTENSION}"
-            self._save(trainer, path)
-            self.best_model_path = str(path)  # the newest round: what `ckpt_path="best"` loads
-            log.info("round %d: checkpoint %s", round, path)
-            rounds = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
-            for old in rounds[: -self.keep_last]:
-                old.unlink()
-        self._save_last(trainer, same_as=path)
+            self._save(trainer, path, weights_only=True)
+            self.best_model_path = str(path)  # the newest round: what `ckpt_path="best"` evaluates
+            log.info("round %d: checkpoint %s (weights only; full state in last.ckpt)", round, path)
 
     def on_train_end(self, trainer, module) -> None:
         if trainer.should_stop and trainer.fit_loop.visits and not trainer.fast_dev_run:

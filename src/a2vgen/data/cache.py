@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from a2vgen.encoders.text import (
     class_prompt,
     detect_family,
 )
+from a2vgen.io import atomic_path
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -104,17 +105,13 @@ def _key(settings: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    with atomic_path(path, shared=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path, shared=True) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def source_fingerprint(source: str, subfolders: tuple[str, ...] = ("",)) -> dict:
@@ -159,17 +156,28 @@ def fingerprint_files(paths: list[Path], store: Path, rehash: bool = False) -> d
 
 
 def _encode_audio(cfg: EmbedConfig, todo: dict[str, Path], folder: Path) -> None:
-    """Embed the wavs in ``todo`` (sha256 → path) and write one shard per wav as soon as it is done."""
+    """Embed the wavs in ``todo`` (sha256 → path) and write one shard per wav as soon as it is done.
+
+    A worker thread reads, resamples and extracts the features of the next batch while the model runs on
+    the current one (numpy, scipy and torch release the GIL), so the model never waits for audio I/O.
+    """
     embedder = ASTEmbedder(cfg.ast_model, cfg.tokens, cfg.device, cfg.batch_size)
     items = list(todo.items())
+    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
+
+    def prepare(batch: list[tuple[str, Path]]) -> torch.Tensor:
+        return embedder.features([load_audio(path, embedder.sample_rate, cfg.clip_seconds) for _, path in batch])
+
     columns = (TextColumn("AST"), BarColumn(), MofNCompleteColumn(), _SpeedColumn())
     start = time.perf_counter()
-    with Progress(*columns, disable=not cfg.progress) as progress:
+    with Progress(*columns, disable=not cfg.progress) as progress, ThreadPoolExecutor(1) as pool:
         task = progress.add_task("embed", total=len(items))
-        for i in range(0, len(items), cfg.batch_size):
-            batch = items[i : i + cfg.batch_size]
-            waves = [load_audio(path, embedder.sample_rate, cfg.clip_seconds) for _, path in batch]
-            for (digest, path), emb in zip(batch, embedder(waves)):
+        pending = pool.submit(prepare, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            values = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(prepare, batches[i + 1])
+            for (digest, path), emb in zip(batch, embedder.forward(values)):
                 _write_shard(folder / f"{digest}.safetensors", {"audio": emb}, {"source": path.name})
             progress.advance(task, len(batch))
     elapsed = time.perf_counter() - start

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from a2vgen.io import atomic_path
+
 FORMAT = "a2vgen-embeddings/1"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -117,10 +119,8 @@ def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
     if data.sources is not None:
         metadata["sources"] = json.dumps(data.sources)
     metadata.update({f"meta.{k}": str(v) for k, v in data.meta.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_embeddings(path: str | Path) -> EmbeddingSet:

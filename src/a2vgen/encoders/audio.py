@@ -153,16 +153,22 @@ class ASTEmbedder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        """The feature extractor's ``input_values`` of mono clips at :attr:`sample_rate` (CPU work)."""
+        batch = [np.asarray(w, dtype=np.float32) for w in waves]
+        return self.extractor(batch, sampling_rate=self.sample_rate, return_tensors="pt")["input_values"]
+
     @torch.inference_mode()
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Pooled ``last_hidden_state`` of one batch of :meth:`features`: ``[N, L, D]`` float32 on the CPU."""
+        hidden = self.model(input_values=values.to(self.device, self.model.dtype)).last_hidden_state
+        return pool_tokens(hidden, self.tokens).float().cpu()
+
     def __call__(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         """Embed mono clips at :attr:`sample_rate`: ``[N, L, D]`` float32 on the CPU."""
-        out = []
-        for start in range(0, len(waves), self.batch_size):
-            batch = [np.asarray(w, dtype=np.float32) for w in waves[start : start + self.batch_size]]
-            features = self.extractor(batch, sampling_rate=self.sample_rate, return_tensors="pt")
-            values = features["input_values"].to(self.device, self.model.dtype)
-            hidden = self.model(input_values=values).last_hidden_state
-            out.append(pool_tokens(hidden, self.tokens).float().cpu())
+        out = [
+            self.forward(self.features(waves[i : i + self.batch_size])) for i in range(0, len(waves), self.batch_size)
+        ]
         if not out:
             return torch.empty(0, self.tokens or 0, self.dim)
         return torch.cat(out)

@@ -34,12 +34,17 @@ def check_checkpoint(module, ckpt_path: str | Path, resuming: bool) -> None:
 
     Every module argument except :data:`MUTABLE` (network sizes, classes, shapes, groups, seed, the module
     class) must match: otherwise one error names each differing value on both sides. When ``resuming``, a
-    changed mutable value is applied and logged.
+    changed mutable value is applied and logged; a weights-only round snapshot cannot be resumed from.
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     meta, saved = ckpt.get("a2vgen"), dict(ckpt.get("hyper_parameters", {}))
     if meta is None:
         raise UserError(f"{ckpt_path}: not an a2vgen checkpoint (no 'a2vgen' metadata)")
+    if resuming and "optimizer_states" not in ckpt:
+        raise UserError(
+            f"{ckpt_path} is a weights-only round snapshot (no optimizer state): resume from last.ckpt; "
+            "round files serve sample, export, validate, test, predict and report"
+        )
     mine = dict(module.hparams)
     diffs = []
     if meta.get("class_path") != _class_path(module):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-from pathlib import Path
 
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from a2vgen.io import atomic_path
 
 
 class RunMetricsWriter(ExperimentWriter):
@@ -59,10 +60,5 @@ class RunMetricsWriter(ExperimentWriter):
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-        path = Path(self.metrics_file_path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(self.metrics_file_path) as tmp:
             tmp.write_text(buffer.getvalue(), newline="")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)

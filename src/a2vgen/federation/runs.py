@@ -83,16 +83,13 @@ def readable(path: Path) -> bool:
 
 
 def resume_checkpoint(folder: Path) -> Path:
-    """``last.ckpt`` in ``folder``, or the newest intact round checkpoint (with a warning) when it is damaged."""
-    candidates = [folder / LAST] + sorted(folder.glob("round-*.ckpt"), reverse=True)
-    for path in candidates:
-        if path.is_file() and readable(path):
-            if path.name != LAST:
-                log.warning("%s is missing or damaged: resuming from %s", folder / LAST, path)
-            return path
-        if path.is_file():
-            log.warning("%s is damaged (not a readable checkpoint): skipped", path)
-    raise UserError(f"no readable checkpoint in {folder} to resume from")
+    """``last.ckpt`` in ``folder``: the one full training state (round files hold weights only)."""
+    path = folder / LAST
+    if path.is_file() and readable(path):
+        return path
+    rounds = sorted(folder.glob("round-*.ckpt"))
+    hint = f"; {rounds[-1]} holds the generators (sample, export, evaluate) but no optimizer state" if rounds else ""
+    raise UserError(f"{path} is missing or damaged: cannot resume exactly{hint}")
 
 
 def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | None = None) -> Path:

@@ -313,10 +313,10 @@ class BaseGeneratorModule(LightningModule):
         keys = list(keys)
         for key in keys:
             slot = self.bank[key]
-            fresh = self.build_slot(key)
+            fresh = self.build_slot(key).state_dict()
             with torch.no_grad():
                 for name, tensor in slot.state_dict().items():
-                    tensor.copy_(fresh.state_dict()[name])
+                    tensor.copy_(fresh[name])
             params = set(slot.parameters())
             for optimizer in self._trainer.optimizers if self._trainer is not None else []:
                 for p in params:

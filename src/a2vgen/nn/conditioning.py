@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -72,6 +74,23 @@ class ConditionEncoder(nn.Module):
         with one class only the mean is removed). Elements that vary across classes less than a tenth of
         the average stay damped, so that an unseen prompt's new tokens are not blown up."""
         for norm, rows in zip(self.standardize, class_cond):
-            rows = rows.double()
-            std = rows.std(0) if rows.shape[0] > 1 else torch.ones_like(rows[0])
-            norm.set_statistics(rows.mean(0).float(), std.float(), floor=0.1)
+            norm.set_statistics(*row_statistics(rows), floor=0.1)
+
+
+_ROW_STATS: list[tuple[weakref.ref, int, tuple[torch.Tensor, torch.Tensor]]] = []
+
+
+def row_statistics(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (1 with a single row) over the rows of ``rows``, computed in double precision.
+
+    Every generator of a module standardizes with the same class rows, so the result for the last few
+    tensors is kept while the very same tensor comes back unmodified (same object and version counter).
+    """
+    for ref, version, stats in _ROW_STATS:
+        if ref() is rows and version == rows._version:
+            return stats
+    double = rows.double()
+    std = double.std(0) if rows.shape[0] > 1 else torch.ones_like(double[0])
+    stats = (double.mean(0).float(), std.float())
+    _ROW_STATS[:] = [(weakref.ref(rows), rows._version, stats), *_ROW_STATS[:3]]
+    return stats

@@ -1,0 +1,206 @@
+"""ESC-50 scale: a federated per-class run of ESC-50's size, against the raw step rate of the same process.
+
+50 classes, 5 clients x 10 classes, 32 training clips per class, 10 rounds x 10 local epochs (160 k
+sample-epochs), shared ``PerClassGenerator`` with the ``ClassChangeResetCallback``, default network sizes,
+demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a key-grouped batch holds one
+class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. One fresh process measures the
+raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32) and then
+the fit, so the ratios compare numbers of one process and one machine phase. Under ``run_all.py``'s time
+budget fewer rounds and local epochs run (at least 2 x 1; the table says how many). Reported: wall time,
+samples/s and its ratio to the raw rates, peak RSS, the first visits' cost against a typical visit, and
+per checkpoint its size, write time and the run's disk use (peak while writing, and kept) against one
+full training state. ``--classes 309 --clients 10`` (and fewer rounds) measures a VGGSound-sized run. Targets (issue 16): >= 0.8x the batch-64 raw rate; peak RSS <= 3 GiB; disk kept
+with ``keep_last: 1`` <= 1.5x one training state.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as c
+
+RATE_TARGET = 0.8
+PLANNED_RATE = 0.3  # of the raw batch-64 rate: a cautious guess of the fit's, to fit the rounds in a budget
+RSS_TARGET_MIB = 3 * 1024
+DISK_TARGET = 1.5
+
+
+def setting(args) -> dict:
+    """The workload: ESC-50's (or ``--smoke``'s), with any size given on the command line instead."""
+    if args.smoke:
+        out = {"smoke": True, "clients": 2, "classes": 6, "clips": 8, "rounds": 2, "local_epochs": 1, "every": 1}
+    else:
+        out = {"smoke": False, "clients": 5, "classes": 50, "clips": 32, "rounds": 10, "local_epochs": 10, "every": 5}
+    out.update({k: v for k, v in vars(args).items() if k in out and v is not None})
+    return out
+
+
+def raw_rates(source, names: list[str], dims: dict, smoke: bool) -> dict[int, float]:
+    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32 on 4 classes, after a warm-up."""
+    from a2vgen.data.clients import ClientSpec
+
+    dm = c.datamodule(source, [ClientSpec("raw", classes=names[:4])])
+    c.raw_train(dm, dims, 1, 1, batch_size=64, best=True)
+    epochs = 1 if smoke else 5
+    rates = {}
+    for batch in (64, 32):
+        seconds, samples = c.raw_train(dm, dims, 1, epochs, batch_size=batch, best=True)
+        rates[batch] = samples / seconds
+    return rates
+
+
+class CheckpointMeter:
+    """Wraps a ``CheckpointIO``: times each save and notes the file's size and the folder's peak and kept bytes."""
+
+    def __init__(self, io) -> None:
+        self.io = io
+        self.saves: list[dict] = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        folder = Path(path).parent
+        before = folder_bytes(folder)
+        start = time.perf_counter()
+        self.io.save_checkpoint(checkpoint, path, storage_options)
+        seconds = time.perf_counter() - start
+        size = os.path.getsize(path)
+        full = "optimizer_states" in checkpoint
+        self.saves.append(
+            {"file": Path(path).name, "full": full, "bytes": size, "seconds": seconds, "peak": before + size}
+        )
+
+    def __getattr__(self, name):
+        return getattr(self.io, name)
+
+
+def fit_in_budget(spec: dict, raw64: float) -> tuple[int, int]:
+    """``spec``'s rounds and local epochs, or fewer (at least 2 rounds of 1 epoch) so as to end before
+    ``run_all``'s deadline, judged by a cautious guess of the fit's rate."""
+    end = c.deadline()
+    if end is None:
+        return spec["rounds"], spec["local_epochs"]
+    epochs = (end - time.time()) * PLANNED_RATE * raw64 / (spec["classes"] * spec["clips"])  # affordable
+    rounds = max(2, min(spec["rounds"], int(epochs / spec["local_epochs"])))
+    return rounds, max(1, min(spec["local_epochs"], int(epochs / rounds)))
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in ``folder``, each hard-linked file counted once."""
+    files = {p.stat().st_ino: p.stat().st_size for p in folder.glob("*") if p.is_file()} if folder.is_dir() else {}
+    return sum(files.values())
+
+
+def run_contender(spec: dict) -> dict:
+    from lightning.pytorch import Callback
+
+    from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
+    from a2vgen.data.clients import ClientSpec
+
+    dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
+    source = c.demo_source(spec["smoke"], spec["classes"], spec["clips"])
+    names = source.load().classes
+    n = spec["clients"]
+    clients = [ClientSpec(str(i), classes=names[i::n]) for i in range(n)]
+    dm = c.datamodule(source, clients)
+    _ = dm.data
+    rates = raw_rates(source, names, dims, spec["smoke"])
+    rounds, local_epochs = fit_in_budget(spec, rates[64])
+    every = min(spec["every"], max(1, rounds // 2))  # at least two checkpoint writes
+    module = c.module("PerClassGenerator", dm, dims)
+    visits: list[float] = []
+
+    class VisitTimes(Callback):
+        def on_client_end(self, trainer, module, visit) -> None:
+            visits.append(visit.seconds)
+
+    with tempfile.TemporaryDirectory() as root:
+        ckpt = RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"), every_n_rounds=every, keep_last=1)
+        trainer = c.trainer(root, max_rounds=rounds, local_epochs=local_epochs, checkpoint=False)
+        trainer.callbacks += [ClassChangeResetCallback(), ckpt, VisitTimes()]
+        meter = CheckpointMeter(trainer.strategy.checkpoint_io)
+        trainer.strategy.checkpoint_io = meter
+        seconds, samples = c.timed_fit(trainer, module, dm)
+        kept = folder_bytes(Path(ckpt.dirpath))
+    full = max(s["bytes"] for s in meter.saves if s["full"])
+    typical = statistics.median(visits[spec["clients"] :]) if len(visits) > spec["clients"] else visits[-1]
+    return {
+        "rounds": rounds,
+        "local_epochs": local_epochs,
+        "seconds": seconds,
+        "samples": samples,
+        "samples_per_s": samples / seconds,
+        "raw64": rates[64],
+        "raw32": rates[32],
+        "peak_rss_mib": c.peak_rss_mib(),
+        "visit1": visits[0],
+        "visit2": visits[1],
+        "visit_typical": typical,
+        "saves": meter.saves,
+        "full_bytes": full,
+        "kept_bytes": kept,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = c.parser(__doc__.splitlines()[0])
+    for name in ("classes", "clients", "clips", "rounds", "local_epochs", "every"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the workload's {name}")
+    args = p.parse_args(argv)
+    if args.worker:
+        return c.worker_main(run_contender, args.worker)
+    spec = {**setting(args), "name": "esc50_scale"}
+    r = c.alternate(__file__, run_contender, [spec], 1, args.smoke or args.inprocess)["esc50_scale"]
+    rate = r["samples_per_s"]
+    if (r["rounds"], r["local_epochs"]) != (spec["rounds"], spec["local_epochs"]):
+        print(f"(time budget: {r['rounds']} rounds x {r['local_epochs']} local epochs run)")
+    size = f"{spec['classes']} classes, {spec['clients']} clients, {spec['clips']} clips/class"
+    c.print_table(
+        f"esc50_scale: per_class, {size}, {r['rounds']} rounds x {r['local_epochs']} local epochs (CPU, fp32)",
+        ["measure", "value", "vs raw batch 64", "vs raw batch 32"],
+        [
+            ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
+            ["raw samples/s, batch 64", r["raw64"], 1.0, r["raw64"] / r["raw32"]],
+            ["raw samples/s, batch 32", r["raw32"], r["raw32"] / r["raw64"], 1.0],
+            ["fit wall s", r["seconds"], "-", "-"],
+            ["sample-epochs", r["samples"], "-", "-"],
+            ["peak RSS MiB", r["peak_rss_mib"], "-", "-"],
+        ],
+    )
+    c.print_table(
+        "esc50_scale: client visits (s)",
+        ["first", "second", "typical (median after round 1)", "first / typical"],
+        [[r["visit1"], r["visit2"], r["visit_typical"], r["visit1"] / r["visit_typical"]]],
+    )
+    full = r["full_bytes"]
+    c.print_table(
+        "esc50_scale: checkpoint writes (one training state = the largest full file)",
+        ["file", "content", "MiB", "write s", "MiB/s", "disk while writing / state"],
+        [
+            [
+                s["file"],
+                "full" if s["full"] else "weights",
+                s["bytes"] / 2**20,
+                s["seconds"],
+                s["bytes"] / 2**20 / s["seconds"],
+                s["peak"] / full,
+            ]
+            for s in r["saves"]
+        ],  # fmt: skip
+    )
+    kept = r["kept_bytes"] / full
+    ratio = rate / r["raw64"]
+    print(f"target fit >= {RATE_TARGET}x raw batch-64 rate: {ratio:.2f}x -> {c.verdict(ratio >= RATE_TARGET)}")
+    rss = r["peak_rss_mib"]
+    print(f"target peak RSS <= {RSS_TARGET_MIB} MiB: {rss:.0f} MiB -> {c.verdict(rss <= RSS_TARGET_MIB)}")
+    print(
+        f"target disk kept (keep_last 1) <= {DISK_TARGET}x one state: {kept:.2f}x -> {c.verdict(kept <= DISK_TARGET)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
