@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.data.embeddings import EmbeddingSet
+from a2vgen.io import atomic_path
 from a2vgen.metrics import LinearProbe, forgetting
 from a2vgen.metrics.functional import pca_projection
 from a2vgen.metrics.quality import (
@@ -321,9 +321,8 @@ class GeneratorEvaluation(Callback):
             "resets": reset_events(trainer),
             "pca": self.pca,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(content, indent=1))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(content, indent=1))
         return path
 
     # ------------------------------------------------------------------ checkpoints

@@ -34,6 +34,7 @@ from a2vgen.flower.codec import (
     to_record,
 )
 from a2vgen.flower.settings import FlowerSettings, instantiate, node_client
+from a2vgen.io import atomic_path
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule
 
@@ -65,11 +66,8 @@ class NodeState:
 
     def save(self, round: int, tensors: dict[str, torch.Tensor]) -> None:
         """Write atomically, then drop all but the newest ``kept`` files."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"round-{round}.safetensors"
-        partial = path.with_suffix(".partial")
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, partial)
-        os.replace(partial, path)
+        with atomic_path(self.folder / f"round-{round}.safetensors") as tmp:
+            save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, tmp)
         for old in self.rounds()[: -self.kept]:
             (self.folder / f"round-{old}.safetensors").unlink(missing_ok=True)
 

@@ -56,7 +56,7 @@ class BaseGeneratorModule(LightningModule):
             the network, so they follow it through sharing, FedAvg, reset, checkpoints and exports.
         hidden_dim, latent_dim, cond_width: network sizes.
         noise_rank: rank of the calibrated sampling noise's covariance beyond its diagonal (``elbo``;
-            generators of one class only).
+            generators of one class only, see :class:`~a2vgen.nn.cvae.ConditionalVAE`).
         lr, weight_decay: AdamW settings.
         input_noise: std of Gaussian noise added to the encoder input only (denoising VAE).
         grad_clip: gradient-norm clip, applied to each generator on its own.
@@ -152,11 +152,10 @@ class BaseGeneratorModule(LightningModule):
         it is built (buffers, so they travel with its weights).
         """
         hp = self.hparams
-        # A generator of several classes pools its calibration over them; low-rank noise pooled over classes
-        # of very different spread overdisperses the narrow ones (unified FD ratio 4.5 → 6.8), so only a
-        # one-class generator gets it.
-        rank = hp.noise_rank if list(self.class_to_key.values()).count(key) == 1 else 0
-        return ConditionalVAE(self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width, rank)
+        pooled = list(self.class_to_key.values()).count(key) > 1  # see ConditionalVAE: calibration per class
+        return ConditionalVAE(
+            self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width, hp.noise_rank, pooled
+        )
 
     def build_adapter(self) -> nn.Module:
         """The audio→prompt adapter (called under a seed derived from ``(seed, "__adapter__")``)."""
@@ -217,7 +216,8 @@ class BaseGeneratorModule(LightningModule):
         data_var, data_factor = within_group_factors(target, groups)
         decoded_var, decoded_factor = within_group_factors(prior, groups)
         momentum = 0.1 if bool(net.noise_var.any()) else 1.0
-        net.mean_shift.lerp_((target - prior).mean(0).to(net.mean_shift.dtype), momentum)
+        if not net.pooled:
+            net.mean_shift.lerp_((target - prior).mean(0).to(net.mean_shift.dtype), momentum)
         gap = (data_var - decoded_var).clamp_min(self.hparams.min_noise_var)
         net.noise_var.lerp_(gap.to(net.noise_var.dtype), momentum)
         for basis, factor in ((net.data_basis, data_factor), (net.decoded_basis, decoded_factor)):
