@@ -13,7 +13,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,23 +27,6 @@ BIN = Path(sys.executable).parent
 VISIT = re.compile(r"round \d+/\d+ client \S+ .*\((\d+\.\d+)s\)")
 SENT = re.compile(r"visit of round \d+ sent to its node \((\d+\.\d+) MB\)")
 RECEIVED = re.compile(r"reply received \((\d+\.\d+) MB\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port: int, process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.3)
 
 
 def demo_config(folder: Path, shared: bool, rounds: int) -> str:
@@ -87,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from a2vgen.flower.bundle import write_app
+    from a2vgen.flower.local import free_port, local_env, wait_for_port
 
     work = Path(tempfile.mkdtemp(prefix="a2vgen-flower-bench-"))
     home, port = work / "flwr-home", free_port()
@@ -94,17 +77,7 @@ def main() -> None:
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    env = dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        HF_HUB_OFFLINE="1",
-        WANDB_MODE="offline",
-    )
+    env = local_env(home, BIN, ROOT / "src")
     log = (work / "processes.log").open("w")
     started: list[subprocess.Popen] = []
 
@@ -116,7 +89,7 @@ def main() -> None:
     link = start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)])
     rows = []
     try:
-        wait_for(port, link, "the SuperLink")
+        wait_for_port(port, link, "the SuperLink", work / "processes.log")
         for client in range(3):
             node_config = f'client-id="{client}" state-dir="{work / f"node-{client}"}"'
             start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")  # the simulation runtime: a2vgen[flower-sim]
 
 from a2vgen.flower.bundle import write_app  # noqa: E402
+from a2vgen.flower.local import free_port, local_env, wait_for_port  # noqa: E402
 from a2vgen.flower.settings import instantiate  # noqa: E402
 from flower_helpers import tiny_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:
@@ -77,30 +71,12 @@ def superlink(tmp_path):
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    env = dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p),
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        HF_HUB_OFFLINE="1",
-        WANDB_MODE="offline",
-        RAY_DEDUP_LOGS="0",
-    )
+    env = {**local_env(home, BIN, SRC), "RAY_DEDUP_LOGS": "0"}
     log = (tmp_path / "superlink.log").open("w")
     command = [str(BIN / "flower-superlink"), "--simulation", "--insecure", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SuperLink did not start: {(tmp_path / 'superlink.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_for_port(port, process, "SuperLink", tmp_path / "superlink.log")
         yield env, "test"
     finally:
         stop([process.pid, *descendants(process.pid)])
