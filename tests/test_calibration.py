@@ -2,24 +2,23 @@
 
 import torch
 
-from a2vgen.nn.calibration import covariance_gap_basis, low_rank_ema, within_group_centered, within_group_factors
+from a2vgen.federation.aggregation import weighted_average
+from a2vgen.nn import ConditionalVAE
+from a2vgen.nn.calibration import covariance_gap_basis, group_factors, low_rank_ema
 
 
-def test_within_group_centering_removes_each_groups_mean():
-    x = torch.tensor([[1.0], [3.0], [10.0], [14.0], [18.0]])
-    centered, dof = within_group_centered(x, torch.tensor([0, 0, 1, 1, 1]))
-    assert centered.flatten().tolist() == [-1.0, 1.0, -4.0, 0.0, 4.0]
-    assert dof == 3
-
-
-def test_within_group_factors_give_the_pooled_within_group_covariance():
+def test_group_factors_give_each_groups_mean_and_covariance():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 2, 3, generator=g, dtype=torch.float64)
-    groups = torch.arange(12) % 3
-    diag, factor = within_group_factors(x, groups)
-    expected = sum(torch.cov(x.flatten(1)[groups == k].t(), correction=0) * 4 for k in range(3)) / 9
-    assert torch.allclose(factor @ factor.t(), expected)
-    assert torch.allclose(diag.flatten(), expected.diagonal())
+    x = torch.randn(11, 6, generator=g, dtype=torch.float64)
+    groups = torch.tensor([2, 0, 2, 2, 0, 5, 5, 2, 0, 5, 2])
+    labels, counts, means, variances, factors = group_factors(x, groups)
+    assert labels.tolist() == [0, 2, 5] and counts.tolist() == [3, 5, 3]
+    assert factors.shape == (3, 6, 5)  # padded to the largest group
+    for k, label in enumerate(labels.tolist()):
+        members = x[groups == label]
+        assert torch.allclose(means[k], members.mean(0))
+        assert torch.allclose(factors[k] @ factors[k].t(), torch.cov(members.t()))
+        assert torch.allclose(variances[k], members.var(0))
 
 
 def test_low_rank_averages_recover_the_directions_the_decoder_misses():
@@ -35,10 +34,91 @@ def test_low_rank_averages_recover_the_directions_the_decoder_misses():
         # the decoder reproduces the second axis only: the gap is the first and third
         decoding = coeff[:, 1:2] @ axes[:, 1:2].t() + 0.1 * torch.randn(32, 30, generator=g, dtype=torch.float64)
         momentum = 1.0 if step == 0 else 0.05
-        data = low_rank_ema(data, within_group_factors(real, one_group)[1], momentum)
-        decoded = low_rank_ema(decoded, within_group_factors(decoding, one_group)[1], momentum)
+        data = low_rank_ema(data, group_factors(real, one_group)[4][0], momentum)
+        decoded = low_rank_ema(decoded, group_factors(decoding, one_group)[4][0], momentum)
     gap = covariance_gap_basis(data, decoded)
     along = (gap @ axes).square().sum(0)  # the gap's variance along each true axis
     assert torch.allclose(along[[0, 2]], scales[[0, 2]].square(), rtol=0.25), along
     assert along[1] < 0.25 * scales[1] ** 2, along
     assert gap.square().sum() < 1.3 * (scales[0] ** 2 + scales[2] ** 2)  # no spurious directions
+
+
+def low_rank_class(n: int, g: torch.Generator, shift: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples ``[n, 4, 16]`` around ``shift`` with three principal axes (variances 9, 4, 1.5)."""
+    axes = torch.linalg.qr(torch.randn(64, 3, generator=g)).Q
+    x = shift + (torch.randn(n, 3, generator=g) * torch.tensor([9.0, 4.0, 1.5]).sqrt()) @ axes.T
+    return (x + 0.1 * torch.randn(n, 64, generator=g)).view(n, 4, 16), torch.tensor([9.01, 4.01, 1.51])
+
+
+def top_eigenvalues(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
+    return torch.linalg.eigvalsh(torch.cov(samples.flatten(1).T.double())).flip(0)[:k].float()
+
+
+def test_samples_follow_the_class_even_after_the_decoder_changes():
+    """The calibration measures the decoder when it samples: replacing the decoder (as FedAvg does, or
+    later training on other classes) keeps the samples on the class's mean and spread."""
+    g = torch.Generator().manual_seed(0)
+    x, eigenvalues = low_rank_class(2000, g)
+    cond = [torch.randn(1, 6, 8, generator=g)]
+    vae = ConditionalVAE([4, 16], [[6, 8]], hidden_dim=32, latent_dim=4, cond_width=8)
+    for batch in x.split(50):
+        vae.calibrate(batch, cond, torch.zeros(len(batch), dtype=torch.long))
+    for step in ("trained", "replaced"):
+        samples = vae.sample(4000, cond, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(samples.mean(0), x.mean(0), atol=0.25), step
+        assert torch.allclose(top_eigenvalues(samples), eigenvalues, rtol=0.3), (step, top_eigenvalues(samples))
+        with torch.no_grad():  # another decoder: its mean moved, its spread changed
+            for p in vae.decoder.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+            vae.decoder.body[-1].bias.add_(2.0)
+
+
+def test_a_generator_of_several_classes_finds_each_class_from_its_prompt():
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randn(3, 6, 8, generator=g)
+    vae = ConditionalVAE([4, 16], [[6, 8]], hidden_dim=32, latent_dim=4, cond_width=8, num_classes=3)
+    vae.set_classes([prompts])
+    unseen = torch.randn(1, 6, 8, generator=g)
+    assert vae.calibration.rows([torch.cat([prompts[[2, 0, 1]], unseen])]).tolist() == [2, 0, 1, -1]
+    (a, _), (b, _) = low_rank_class(400, g, shift=5.0), low_rank_class(400, g, shift=-5.0)
+    for i in range(0, 400, 40):  # classes 0 and 2 in every batch; class 1 never
+        batch = torch.cat([a[i : i + 40], b[i : i + 40]])
+        vae.calibrate(batch, [prompts[[0, 2]]], torch.tensor([0] * 40 + [1] * 40))
+    assert vae.calibration.mass.tolist()[1] == 0
+    gen = torch.Generator().manual_seed(1)
+    assert torch.allclose(vae.sample(2000, [prompts[0:1]], generator=gen).mean(0), a.mean(0), atol=0.3)
+    assert torch.allclose(vae.sample(2000, [prompts[2:3]], generator=gen).mean(0), b.mean(0), atol=0.3)
+    # an unseen prompt: no class's mean, only the pooled within-class variance as diagonal noise
+    pooled = torch.cat([a - a.mean(0), b - b.mean(0)]).var(0).mean()
+    spread = vae.sample(2000, [unseen], generator=gen).var(0).mean()
+    decoded = vae.reference_draws(vae.condition([unseen], torch.zeros(1, dtype=torch.long)), 2000).var(0).mean()
+    assert abs(float(spread) - float(max(pooled, decoded))) < 0.2 * float(pooled)
+
+
+def test_fedavg_averages_each_class_over_the_copies_that_saw_it():
+    """A copy that never saw a class adds nothing to it, whatever its sample count; covariances are
+    averaged as covariances (factors of opposite sign would cancel)."""
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randn(2, 6, 8, generator=g)
+    copies = [ConditionalVAE([4, 16], [[6, 8]], hidden_dim=32, latent_dim=4, cond_width=8, num_classes=2) for _ in "ab"]
+    for vae in copies:
+        vae.set_classes([prompts])
+    x, _ = low_rank_class(400, g)
+    first, second = x[:200], -x[200:]  # class 0 seen by both copies; its two halves spread alike
+    for vae, data in zip(copies, (first, second)):
+        for batch in data.split(50):
+            vae.calibrate(batch, [prompts[0:1]], torch.zeros(len(batch), dtype=torch.long))
+    other, _ = low_rank_class(100, g, shift=-3.0)
+    copies[1].calibrate(other, [prompts[1:2]], torch.zeros(100, dtype=torch.long))  # class 1: the second copy only
+    weighted_average([(copies[0], 100.0), (copies[1], 900.0)], copies)
+    for vae in copies:
+        cal = vae.calibration
+        mean = cal.data_mean / cal.mass[:, None]
+        expected0 = (first.flatten(1).mean(0) + second.flatten(1).mean(0)) / 2  # 200 samples each, any weights
+        assert torch.allclose(mean[0], expected0, atol=0.1)
+        assert torch.allclose(mean[1], other.flatten(1).mean(0), atol=1e-5)  # the first copy's zeros ignored
+        covariance = cal.data_basis[0].T @ cal.data_basis[0] / cal.mass[0]
+        true = (torch.cov(first.flatten(1).T) + torch.cov(second.flatten(1).T)) / 2
+        top = torch.linalg.eigvalsh(covariance.double()).flip(0)[:3]
+        assert torch.allclose(top, torch.linalg.eigvalsh(true.double()).flip(0)[:3], rtol=0.3), top
+        assert cal.fresh.sum() == 0

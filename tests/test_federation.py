@@ -61,6 +61,23 @@ def test_reset_scope_with_two_clients_holding_dog(scope):
     assert len(reset.events) == 2  # round 2 resets nothing in either scope
 
 
+@pytest.mark.parametrize("cls", [PerGroupGenerator, UnifiedGenerator])
+def test_a_shared_generator_of_several_classes_is_not_reset_again_for_the_classes_a_reset_wiped(cls):
+    """Two clients teach one shared generator different classes. Each class resets it once, when it is
+    new; the class that a reset wiped is relearned when its client comes back, not reset for again
+    (that would wipe the generator at every visit)."""
+    clients = [ClientSpec("0", classes=["dog"]), ClientSpec("1", classes=["rooster"])]
+    dm = small_datamodule(clients)
+    kwargs = {"class_groups": {"animals": ["dog", "rooster"]}} if cls is PerGroupGenerator else {}
+    module = module_for(cls, dm, **kwargs)
+    reset = ClassChangeResetCallback()
+    federated_fit(module, dm, callbacks=[reset], max_rounds=3)
+    assert [(e["round"], e["client"], e["classes"]) for e in reset.events] == [(1, "0", ["dog"]), (1, "1", ["rooster"])]
+    key = module.generator_key("dog")
+    assert module.seen_classes(key) == ["dog", "rooster"]  # both relearned since the last reset
+    assert module.bank[key].wiped.tolist() == [c == "dog" for c in module.classes]
+
+
 def test_shared_clients_train_the_servers_objects():
     clients = [ClientSpec(str(i), classes=["dog", "rain"]) for i in range(3)]
     dm = small_datamodule(clients)

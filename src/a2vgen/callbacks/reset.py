@@ -17,9 +17,13 @@ class ClassChangeResetCallback(Callback):
     generators of groups holding a new class: whatever the module's class → key map says.
 
     Args:
-        scope: ``generator``: a class is new when the generator that would learn it has not trained on it
-            since its last reset (clients coordinate through the shared generator). ``client``: new to this
-            client (each client's own record of the classes it trained).
+        scope: ``generator``: a class is new when the generator that would learn it has never trained on
+            it (clients coordinate through the shared generator). A class that a reset wiped is not new:
+            when a group (or unified) generator shared by several clients is reset for one client's new
+            class, the other clients' classes come back to be relearned; resetting for them again would wipe
+            the generator at every visit (measured: per_group shared on the quality benchmark, FD ratio 7.9
+            instead of 1.4). ``client``: new to this client (each client's own record of the classes it
+            trained).
     """
 
     def __init__(self, scope: Literal["generator", "client"] = "generator") -> None:
@@ -37,7 +41,7 @@ class ClassChangeResetCallback(Callback):
     def on_client_start(self, trainer, module, visit) -> None:
         cid = visit.client.id
         if self.scope == "generator":
-            seen = sorted({c for key in visit.keys for c in module.seen_classes(key)})
+            seen = sorted({c for key in visit.keys for c in module.seen_classes(key, wiped=True)})
         else:
             seen = self.client_seen.get(cid, [])
         new = [c for c in visit.classes if c not in seen]

@@ -16,17 +16,28 @@ def _float_state(module: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def weighted_average(sources: list[tuple[nn.Module, float]], targets: list[nn.Module]) -> None:
     """Write the ``weight``-weighted average of the sources' parameters and floating-point buffers into
-    every target module (integer and boolean buffers, such as ages, are left alone)."""
+    every target module (integer and boolean buffers, such as ages, are left alone).
+
+    A submodule with ``average_state(sources)`` (e.g. :class:`~a2vgen.nn.calibration.SamplingCalibration`)
+    averages itself: it gets the matching submodules of the sources with their weights and returns the
+    state that every target's copy loads.
+    """
     total = sum(n for _, n in sources)
     if total <= 0:
         return
+    own = [name for name, m in sources[0][0].named_modules() if name and callable(getattr(m, "average_state", None))]
+    averaged: dict[str, torch.Tensor] = {}
+    for name in own:
+        part = sources[0][0].get_submodule(name).average_state([(m.get_submodule(name), n) for m, n in sources])
+        averaged.update({f"{name}.{key}": tensor for key, tensor in part.items()})
     states = [_float_state(module) for module, _ in sources]
-    averaged = {
-        name: sum(s[name].detach().double() * (n / total) for s, (_, n) in zip(states, sources)) for name in states[0]
-    }
+    for name in states[0]:
+        if not any(name.startswith(f"{prefix}.") for prefix in own):
+            averaged[name] = sum(s[name].detach().double() * (n / total) for s, (_, n) in zip(states, sources))
     for module in targets:
-        for name, t in _float_state(module).items():
-            t.copy_(averaged[name].to(t.dtype))
+        for name, t in module.state_dict(keep_vars=True).items():
+            if name in averaged:
+                t.copy_(averaged[name].to(t.dtype))
 
 
 @torch.no_grad()
@@ -38,6 +49,7 @@ def fedavg(key: str, contributions: list[tuple[GeneratorBank, float]], holders: 
     Ages and optimizer state (Adam moments and step counts) stay each holder's own.
     """
     weighted_average([(bank[key].net, n) for bank, n in contributions], [bank[key].net for bank in holders])
-    seen = torch.stack([bank[key].seen for bank, _ in contributions]).any(dim=0)
-    for bank in holders:
-        bank[key].seen.copy_(seen)
+    for record in ("seen", "wiped"):
+        united = torch.stack([getattr(bank[key], record) for bank, _ in contributions]).any(dim=0)
+        for bank in holders:
+            getattr(bank[key], record).copy_(united)

@@ -12,8 +12,9 @@ class GeneratorSlot(nn.Module):
     """One generator network plus its training state.
 
     ``age`` counts the local epochs this generator trained since it was built or last reset (it drives
-    the loss schedule); ``seen`` marks the classes whose samples it trained on since then. Both are
-    persistent buffers, so they travel with the weights in checkpoints and when banks are swapped.
+    the loss schedule); ``seen`` marks the classes whose samples it trained on since then, and ``wiped``
+    the classes it had trained on before its resets (what they wiped). All are persistent buffers, so
+    they travel with the weights in checkpoints and when banks are swapped.
     """
 
     def __init__(self, net: nn.Module, num_classes: int) -> None:
@@ -21,6 +22,7 @@ class GeneratorSlot(nn.Module):
         self.net = net
         self.register_buffer("age", torch.zeros((), dtype=torch.long))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        self.register_buffer("wiped", torch.zeros(num_classes, dtype=torch.bool))
 
 
 class GeneratorBank(nn.Module):

@@ -15,7 +15,6 @@ from torch import nn
 from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
 from a2vgen.modules.registry import MODULES
 from a2vgen.nn.adapter import AudioPromptAdapter
-from a2vgen.nn.calibration import low_rank_ema, within_group_factors
 from a2vgen.nn.cvae import ConditionalVAE
 from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
 from a2vgen.nn.protocol import GeneratorNetwork
@@ -152,10 +151,13 @@ class BaseGeneratorModule(LightningModule):
         it is built (buffers, so they travel with its weights).
         """
         hp = self.hparams
-        pooled = list(self.class_to_key.values()).count(key) > 1  # see ConditionalVAE: calibration per class
-        return ConditionalVAE(
-            self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width, hp.noise_rank, pooled
+        served = [i for i, c in enumerate(self.classes) if self.class_to_key[c] == key]
+        net = ConditionalVAE(
+            self.audio_shape, self.cond_shapes, hp.hidden_dim, hp.latent_dim, hp.cond_width, hp.noise_rank, len(served)
         )
+        if self.cond_shapes:  # sampling calibration per class: found from the class's prompt
+            net.set_classes([t[served] for t in self.class_cond_tensors()])
+        return net
 
     def build_adapter(self) -> nn.Module:
         """The audio→prompt adapter (called under a seed derived from ``(seed, "__adapter__")``)."""
@@ -192,37 +194,10 @@ class BaseGeneratorModule(LightningModule):
         parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(1).sum(1)
         if self.training and audio.shape[0] > 1:
             net.track_latents(mu.detach(), logvar.detach())
-            self._calibrate_sampling_noise(net, target, cond, cond_index)
+            net.calibrate(target, cond, cond_index)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / target[0].numel()
         return parts
-
-    @torch.no_grad()
-    def _calibrate_sampling_noise(
-        self, net: nn.Module, target: torch.Tensor, cond: list[torch.Tensor], cond_index: torch.Tensor | None
-    ) -> None:
-        """Move ``net.mean_shift``, ``net.noise_var``, ``net.data_basis`` and ``net.decoded_basis`` (10 % a
-        step) towards the batch's: the mean offset and the within-class covariance that decoding sampled
-        latents does not reproduce (variance floored at ``min_noise_var``; see
-        :mod:`a2vgen.nn.calibration`).
-
-        Decoding latents drawn as :meth:`sample` draws them, with the batch's conditioning, shows how
-        much spread the latent carries; the noise that :meth:`~a2vgen.nn.cvae.ConditionalVAE.sample`
-        adds makes up the rest, so the samples' spread matches the data's even while the latent is still
-        learning. Classes are told apart by ``cond_index`` (one group when conditioning is per sample).
-        """
-        groups = cond_index if cond_index is not None else torch.zeros(target.shape[0], dtype=torch.long)
-        prior = net.decode(net.prior_latents(target.shape[0]), net.condition(cond, cond_index))
-        data_var, data_factor = within_group_factors(target, groups)
-        decoded_var, decoded_factor = within_group_factors(prior, groups)
-        momentum = 0.1 if bool(net.noise_var.any()) else 1.0
-        if not net.pooled:
-            net.mean_shift.lerp_((target - prior).mean(0).to(net.mean_shift.dtype), momentum)
-        gap = (data_var - decoded_var).clamp_min(self.hparams.min_noise_var)
-        net.noise_var.lerp_(gap.to(net.noise_var.dtype), momentum)
-        for basis, factor in ((net.data_basis, data_factor), (net.decoded_basis, decoded_factor)):
-            if basis.shape[0]:
-                basis.copy_(low_rank_ema(basis.flatten(1), factor, momentum).view_as(basis))
 
     # ------------------------------------------------------------------ keys and banks
     def generator_key(self, class_name: str) -> str:
@@ -298,9 +273,11 @@ class BaseGeneratorModule(LightningModule):
             raise RuntimeError("this module trains no adapter: set model.train_adapter (full mode)")
         return self.bank.adapter(audio)
 
-    def seen_classes(self, key: str) -> list[str]:
-        """Classes whose samples generator ``key`` trained on since it was built or last reset."""
-        seen = self.bank[key].seen
+    def seen_classes(self, key: str, wiped: bool = False) -> list[str]:
+        """Classes whose samples generator ``key`` trained on since it was built or last reset (with
+        ``wiped``: also before its resets)."""
+        slot = self.bank[key]
+        seen = slot.seen | slot.wiped if wiped else slot.seen
         return [c for c, s in zip(self.classes, seen.tolist()) if s]
 
     def reset_generators(self, keys: Iterable[str]) -> list[str]:
@@ -314,9 +291,11 @@ class BaseGeneratorModule(LightningModule):
         for key in keys:
             slot = self.bank[key]
             fresh = self.build_slot(key).state_dict()
+            wiped = slot.seen | slot.wiped
             with torch.no_grad():
                 for name, tensor in slot.state_dict().items():
                     tensor.copy_(fresh[name])
+                slot.wiped.copy_(wiped)
             params = set(slot.parameters())
             for optimizer in self._trainer.optimizers if self._trainer is not None else []:
                 for p in params:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from a2vgen.nn.calibration import covariance_gap_basis
+from a2vgen.nn.calibration import SamplingCalibration, fingerprint_width
 from a2vgen.nn.conditioning import ConditionEncoder
 from a2vgen.nn.registry import register_generator
 from a2vgen.nn.standardize import Standardizer
@@ -75,24 +75,20 @@ class ConditionalVAE(nn.Module):
     ``forward``/``sample`` ignore ``cond``.
 
     The VAE works on standardized audio (``audio_norm``, per element; identity until
-    :meth:`set_statistics`). Two more buffers make its samples follow the data rather than the prior's
-    idea of it, both updated by a calibrated loss during training (see
-    ``BaseGeneratorModule.compute_loss``) and left at their neutral values otherwise:
+    :meth:`set_statistics`). Two more parts make its samples follow the data rather than the prior's
+    idea of it, both updated by :meth:`calibrate` during training and neutral otherwise:
 
     - ``latent_mean`` / ``latent_var``: a diagonal Gaussian fitted to the aggregate posterior (the
       encoder's codes of training data). With few samples the codes do not fill ``N(0, I)``, and
       decoding prior draws over- or under-shoots the data's spread; :meth:`sample` draws from the fit.
-    A generator of several classes (``pooled``) can only pool this calibration over its classes, whose
-    spreads differ widely; measured on held-out data, a pooled mean shift or low-rank noise made such
-    generators worse, so with ``pooled`` the VAE keeps the diagonal noise only.
-
-    - ``mean_shift``: how far decoded prior draws sit from the data's mean (a decoder trained on few
-      clips and sampled from a fitted prior is off by a little); :meth:`sample` adds it back.
-    - ``noise_var``, ``data_basis``, ``decoded_basis``: the within-class covariance that decoded latents
-      do not reproduce, as its per-element variance and the top ``noise_rank`` directions of the data's
-      and of decoded prior draws' within-class covariances (see :mod:`a2vgen.nn.calibration`); :meth:`sample` adds it as noise, so samples carry the spread the
-      latent does not explain, in the directions the data spreads along, instead of only the decoder's
-      mean.
+    - ``calibration`` (:class:`~a2vgen.nn.calibration.SamplingCalibration`), one row per class served
+      (``num_classes``): the class's mean, per-element variance and top ``noise_rank`` within-class
+      directions. :meth:`sample` compares them with :meth:`reference_draws` of the current decoder,
+      moves the samples to the class mean and adds the covariance the decoder does not reproduce as
+      noise, so samples carry the class's spread along the directions the data spreads in, even while
+      the latent is still learning or after FedAvg has replaced the decoder. A generator of several
+      classes finds a sample's row from its conditioning (:meth:`set_classes`); other prompts get
+      diagonal noise from the variance pooled over its classes.
 
     A linear ``mean_head`` maps the conditioning vector to the class mean; the decoder adds the
     latent's part to it, and the encoder sees the audio minus that mean. The latent then codes how a
@@ -108,23 +104,18 @@ class ConditionalVAE(nn.Module):
         latent_dim: int = 256,
         cond_width: int = 128,
         noise_rank: int = 8,
-        pooled: bool = False,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
         self.config = {"audio_shape": list(audio_shape), "cond_shapes": [list(s) for s in cond_shapes],
                        "hidden_dim": hidden_dim, "latent_dim": latent_dim, "cond_width": cond_width,
-                       "noise_rank": noise_rank, "pooled": pooled}  # fmt: skip
+                       "noise_rank": noise_rank, "num_classes": num_classes}  # fmt: skip
         self.audio_shape = (int(audio_shape[0]), int(audio_shape[1]))
         self.latent_dim = latent_dim
-        self.pooled = pooled
-        noise_rank = 0 if pooled else noise_rank
         flat = self.audio_shape[0] * self.audio_shape[1]
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
         self.audio_norm = Standardizer(self.audio_shape)
-        self.register_buffer("mean_shift", torch.zeros(self.audio_shape))
-        self.register_buffer("noise_var", torch.zeros(self.audio_shape))
-        self.register_buffer("data_basis", torch.zeros(noise_rank, *self.audio_shape))
-        self.register_buffer("decoded_basis", torch.zeros(noise_rank, *self.audio_shape))
+        self.calibration = SamplingCalibration(self.audio_shape, num_classes, noise_rank, fingerprint_width(cond_shapes))
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_var", torch.ones(latent_dim))
         c = cond_width if cond_shapes else 0
@@ -147,6 +138,38 @@ class ConditionalVAE(nn.Module):
         self.audio_norm.set_statistics(audio_mean, audio_std)
         if self.cond_encoder is not None and class_cond is not None:
             self.cond_encoder.set_statistics(class_cond)
+
+    def set_classes(self, class_cond: list[torch.Tensor]) -> None:
+        """The stored conditioning rows ``[num_classes, *shape]`` of the classes this VAE serves, in
+        calibration-row order."""
+        self.calibration.set_classes(class_cond)
+
+    def calibration_rows(
+        self, cond: list[torch.Tensor] | None, n: int, cond_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The calibration row ``[n]`` of each of ``n`` samples (``-1``: a prompt of none of the classes)."""
+        rows = self.calibration.rows(cond)
+        if cond_index is not None:
+            return rows[cond_index]
+        return rows.expand(n) if rows.shape[0] == 1 else rows
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        target: torch.Tensor,
+        cond: list[torch.Tensor] | None,
+        cond_index: torch.Tensor | None = None,
+        momentum: float = 0.1,
+    ) -> None:
+        """Move each class's sampling calibration ``momentum`` of the way towards the statistics of a
+        training batch (``target``: standardized audio)."""
+        self.calibration.update(self.calibration_rows(cond, target.shape[0], cond_index), target, momentum)
+
+    def reference_draws(self, c: torch.Tensor | None, n: int = 256) -> torch.Tensor:
+        """``n`` decoder draws ``[n, L, D]`` for one conditioning vector ``c`` (``[1, cond_width]``) from
+        fixed latents: what the decoder reproduces of that class, the same whatever the caller's seed."""
+        z = self.prior_latents(n, torch.Generator(device=self.latent_mean.device).manual_seed(0))
+        return self.decode(z, None if c is None else c.expand(n, -1))
 
     def prior_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` latents from the fitted aggregate posterior (``N(0, I)`` until it is fitted)."""
@@ -182,7 +205,7 @@ class ConditionalVAE(nn.Module):
     def cond_mean(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
         """The standardized class mean ``[n, L, D]`` predicted from conditioning vectors ``c`` (0 without)."""
         if self.mean_head is None:
-            return self.noise_var.new_zeros(n, *self.audio_shape)
+            return self.latent_mean.new_zeros(n, *self.audio_shape)
         return self.mean_head(c).view(n, *self.audio_shape)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -221,18 +244,13 @@ class ConditionalVAE(nn.Module):
         z = self.prior_latents(n, generator)
         if cond is not None and cond_index is None and cond[0].shape[0] == 1:
             cond_index = torch.zeros(n, dtype=torch.long, device=device)
-        out = self.decode(z, self.condition(cond, cond_index)) + self.mean_shift
-        if bool(self.noise_var.any()):
-            out = out + self.sampling_noise(n, generator).to(out.dtype)
+        c = self.condition(cond, cond_index)
+        out = self.decode(z, c)
+        if self.calibration.calibrated:
+            rows = self.calibration_rows(cond, n, cond_index)
+            references = {}
+            for row in rows.unique().tolist():
+                first = int((rows == row).nonzero()[0])
+                references[row] = self.reference_draws(None if c is None else c[first : first + 1])
+            out = self.calibration.correct(rows, out, references, generator)
         return self.audio_norm.inverse(out)
-
-    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws ``[n, L, D]`` of the calibrated noise: low-rank part plus the diagonal rest."""
-        device, rank = self.noise_var.device, self.data_basis.shape[0]
-        basis = covariance_gap_basis(self.data_basis.flatten(1), self.decoded_basis.flatten(1)) if rank else None
-        rest = self.noise_var if basis is None else self.noise_var - basis.pow(2).sum(0).view(self.audio_shape)
-        noise = torch.randn(n, *self.audio_shape, generator=generator, device=device) * rest.clamp_min(0).sqrt()
-        if basis is not None:
-            weights = torch.randn(n, rank, generator=generator, device=device)
-            noise = noise + (weights @ basis).view(n, *self.audio_shape)
-        return noise
