@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
 from a2vgen.federation.trainer import FederatedTrainer
+from a2vgen.lightning_adapter import CheckpointHparamsHook
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import import_plugins
 
@@ -60,7 +61,7 @@ class RunConfig(SaveConfigCallback):
         checkpoint[CONFIG_KEY] = yaml.safe_dump({k: config[k] for k in ("seed_everything", "trainer", "model", "data")})
 
 
-class A2VGenCLI(LightningCLI):
+class A2VGenCLI(CheckpointHparamsHook, LightningCLI):
     """LightningCLI with the data's classes and shapes linked into the generator module, and the adapter
     trained exactly when the run is not generator-only (full mode). A checkpoint's hyperparameters never
     silently replace the command line: the trainer compares them (see :mod:`a2vgen.federation.compat`)."""
@@ -70,12 +71,10 @@ class A2VGenCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self, path: str | None) -> None:
         """Lightning would overwrite the config with the checkpoint's hyperparameters (importing the
         ``_class_path`` they name): instead the trainer compares them, and the checkpoint's class is checked
         against the module registry here, before anything is imported."""
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             from a2vgen.export import module_class, read_checkpoint
 

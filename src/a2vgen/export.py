@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from a2vgen.data.embeddings import EmbeddingSet, save_embeddings
 from a2vgen.io import atomic_path
+from a2vgen.lightning_adapter import fit_loop_state
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import MODULES
@@ -105,7 +106,7 @@ def load_module(path: str | Path) -> tuple[BaseGeneratorModule, dict]:
 
 def client_banks(module: BaseGeneratorModule, ckpt: dict) -> dict[str, GeneratorBank]:
     """Per-client generators of an independent run without aggregation (empty when shared)."""
-    state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("generators", {})
+    state = fit_loop_state(ckpt).get("generators", {})
     banks = {}
     for cid, keys in state.get("keys", {}).items():
         bank = module.build_bank(keys)
@@ -197,7 +198,7 @@ def write_prompt_samples(
 
 
 def _aggregated(ckpt: dict) -> bool:
-    state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    state = fit_loop_state(ckpt)
     return state.get("shared_generators", True) or state.get("aggregation", "none") != "none"
 
 

@@ -1,8 +1,8 @@
 """The federated fit loop: rounds of client visits, each a few local epochs, in one ``Trainer.fit``.
 
-It subclasses Lightning's private ``_FitLoop`` (pinned Lightning minor version; ``tests/test_lightning_internals.py``
-fails loudly when the internals it uses move). Each local epoch is a regular Lightning training epoch, so
-module and callback hooks, precision, accelerators and loggers work as usual.
+It builds on :class:`a2vgen.lightning_adapter.EpochFitLoop`, the one place that touches Lightning's private
+loop API. Each local epoch is a regular Lightning training epoch, so module and callback hooks, precision,
+accelerators and loggers work as usual.
 """
 
 from __future__ import annotations
@@ -12,11 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from lightning.pytorch.loops.fit_loop import _FitLoop
-from lightning.pytorch.loops.utilities import _select_data_fetcher
-from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from torch.utils.data import DataLoader
 
 from a2vgen.data.clients import ClientSpec
 from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
@@ -26,6 +21,7 @@ from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import RunMetricsWriter
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.state import IndependentGenerators, SharedGenerators
+from a2vgen.lightning_adapter import EpochFitLoop
 from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
 
 log = logging.getLogger(__name__)
@@ -53,7 +49,7 @@ def call_federation_hook(trainer, name: str, *args) -> None:
             hook(trainer, trainer.lightning_module, *args)
 
 
-class FederatedFitLoop(_FitLoop):
+class FederatedFitLoop(EpochFitLoop):
     """Runs ``max_rounds`` rounds; each visits the selected clients and trains ``local_epochs`` epochs on each.
 
     Callbacks may define ``on_round_start(trainer, module, round)``, ``on_client_start(trainer, module,
@@ -63,7 +59,7 @@ class FederatedFitLoop(_FitLoop):
     """
 
     def __init__(self, trainer, config: FederationConfig, server: DiffusionServer) -> None:
-        super().__init__(trainer, min_epochs=0, max_epochs=-1)
+        super().__init__(trainer)
         self.config = config
         self.server = server
         self.round = 1
@@ -73,30 +69,10 @@ class FederatedFitLoop(_FitLoop):
         self.generators: SharedGenerators | IndependentGenerators | None = None
         self._pending_state: dict | None = None
         self.current_visit: ClientVisit | None = None
-        self.epoch_loop._should_check_val_fx = lambda *_: False  # evaluation is a callback's job here
 
-    # ------------------------------------------------------------------ Lightning plumbing
     @property
-    def done(self) -> bool:
+    def finished(self) -> bool:
         return self.round > self.config.max_rounds
-
-    @property
-    def skip(self) -> bool:
-        return self.done
-
-    def setup_data(self) -> None:
-        """Batches are drawn per client visit (see :meth:`_attach`), not from ``train_dataloader``."""
-
-    def _attach(self, loader: DataLoader) -> None:
-        combined = CombinedLoader(loader, "max_size_cycle")
-        combined.limits = [visit_batches(len(loader), self.trainer.limit_train_batches)]
-        if self._data_fetcher is not None:
-            self._data_fetcher.teardown()
-        self._combined_loader = combined
-        self._data_fetcher = _select_data_fetcher(self.trainer, RunningStage.TRAINING)
-        self._data_fetcher.setup(combined)
-        iter(self._data_fetcher)
-        self.max_batches = len(combined)
 
     # ------------------------------------------------------------------ federation
     @property
@@ -134,23 +110,21 @@ class FederatedFitLoop(_FitLoop):
             self._restore(self._pending_state)
             self._pending_state = None
 
-    def run(self) -> None:
-        if self.skip:
-            return
+    def prepare(self) -> None:
+        """Key map into the data, the generators' owners (and a checkpoint's state), the pipeline in full mode."""
         module: BaseGeneratorModule = self.trainer.lightning_module
         self.datamodule.set_key_map(module.class_to_key, module.generator_keys)
         self._setup_generators(module)
-        self._restarting = False
-        self.epoch_loop.restarting = False
         if not self.server.generator_only:
             self.server.pipeline(self.trainer.strategy.root_device)
             self.server.check_prompt_space(module.cond_shapes)
             if module.bank.adapter is None:
                 log.warning("full mode without an adapter (model.train_adapter: false): previews cannot be rendered")
-        self.on_run_start()
-        while not self.done and not self.trainer.should_stop:
+
+    def run_epochs(self) -> None:
+        module: BaseGeneratorModule = self.trainer.lightning_module
+        while not self.finished and not self.trainer.should_stop:
             self.run_round(module)
-        self.on_run_end()
 
     def run_round(self, module: BaseGeneratorModule) -> None:
         order = self.client_order(self.round)
@@ -214,13 +188,9 @@ class FederatedFitLoop(_FitLoop):
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
         loader = self.datamodule.client(spec.id).dataloader("train", visit.classes, seed=seed % (2**31))
-        self._attach(loader)
+        self.attach_loader(loader, visit_batches(len(loader), self.trainer.limit_train_batches))
         for epoch in range(self.config.local_epochs):
-            self.on_advance_start()
-            loader.sampler.set_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
-            self.advance()
-            self.on_advance_end()
-            self.on_iteration_done()
+            self.train_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
             if self.trainer.should_stop:
                 break
         stats = module.pop_visit_stats()
@@ -262,7 +232,7 @@ class FederatedFitLoop(_FitLoop):
                  visit.client.id, visit.classes, summary, visit.seconds)  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self) -> dict:
+    def checkpoint_state(self) -> dict:
         flush_loggers(self.trainer)  # the checkpoint covers exactly the metric rows on disk now
         return {
             "metrics_rows": metrics_rows(self.trainer),
@@ -275,8 +245,8 @@ class FederatedFitLoop(_FitLoop):
             "generators": self.generators.state_dict() if self.generators is not None else {},
         }
 
-    def on_load_checkpoint(self, state_dict: dict) -> None:
-        self._pending_state = state_dict
+    def load_checkpoint_state(self, state: dict) -> None:
+        self._pending_state = state
 
     def _restore(self, state: dict) -> None:
         if state.get("shared_generators") != self.config.shared_generators:
