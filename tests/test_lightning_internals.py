@@ -8,9 +8,9 @@ from lightning.pytorch import Callback
 
 from a2vgen.callbacks import RoundCheckpoint
 from a2vgen.data.clients import ClientSpec
-from a2vgen.federation import FederatedTrainer
 from a2vgen.lightning_adapter import LIGHTNING_MINOR, EpochFitLoop
 from a2vgen.modules import PerClassGenerator
+from a2vgen.trainer import FederatedTrainer
 from conftest import module_for, small_datamodule
 from federation_helpers import StopAfterVisits, federated_fit
 

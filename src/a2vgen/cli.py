@@ -21,10 +21,10 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
-from a2vgen.federation.trainer import FederatedTrainer
 from a2vgen.lightning_adapter import CheckpointHparamsHook
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import import_plugins
+from a2vgen.trainer import FederatedTrainer
 
 IMPORTS_HELP = "modules defining your generator types, imported first (e.g. [my_generators]); files never name code"
 
@@ -76,7 +76,7 @@ class A2VGenCLI(CheckpointHparamsHook, LightningCLI):
         ``_class_path`` they name): instead the trainer compares them, and the checkpoint's class is checked
         against the module registry here, before anything is imported."""
         if path and Path(path).is_file():
-            from a2vgen.export import module_class, read_checkpoint
+            from a2vgen.federation.checkpoint import module_class, read_checkpoint
 
             module_class(path, read_checkpoint(path))
 

@@ -230,12 +230,14 @@ def _generators(ckpt_path: Path) -> list[list[str]]:
     """Rows ``[owner, key, age, seen classes]`` of the checkpoint's generators (empty without one)."""
     if not ckpt_path.is_file():
         return []
-    from a2vgen.export import client_banks, load_module
+    from a2vgen.federation.checkpoint import load_module, stored_owners
 
     module, ckpt = load_module(ckpt_path)
-    banks = {"server": module.bank, **{f"client {cid}": bank for cid, bank in client_banks(module, ckpt).items()}}
+    banks = {
+        "server" if owner is None else f"client {owner}": bank for owner, bank in stored_owners(module, ckpt).items()
+    }
     return [
-        [owner, key, str(int(slot.age)), ", ".join(c for c, s in zip(module.classes, slot.seen.tolist()) if s)]
+        [owner, key, str(int(slot.age)), ", ".join(slot.seen_classes(module.classes))]
         for owner, bank in banks.items()
         for key, slot in bank.items()
     ]

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.data.embeddings import EmbeddingSet
+from a2vgen.federation.view import federation_of, output_path
 from a2vgen.io import atomic_path
 from a2vgen.metrics import LinearProbe, forgetting
 from a2vgen.metrics.functional import pca_projection
@@ -112,13 +113,12 @@ class GeneratorEvaluation(Callback):
     def on_client_end(self, trainer, module, visit) -> None:
         self._round_seconds += visit.seconds
         losses = {key: values["loss"] for key, values in visit.stats.items()}
-        step = trainer.fit_loop.visits - 1  # the step the loop logged this visit at
+        step = federation_of(trainer).visits - 1  # the step the loop logged this visit at
         self.losses.append({"step": step, "round": visit.round, "client": visit.client.id, "losses": losses})
 
     def on_round_end(self, trainer, module: BaseGeneratorModule, round: int) -> None:
         train_seconds, self._round_seconds = self._round_seconds, 0.0
-        final = round >= trainer.federation.max_rounds
-        if round % self.every_n_rounds and not final:
+        if not federation_of(trainer).config.due(round, self.every_n_rounds):
             return
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -149,15 +149,14 @@ class GeneratorEvaluation(Callback):
         """Scores of the generators after ``round``: ``{"round", "step", "per_class", "summary"}``."""
         data: EmbeddingSet = trainer.datamodule.data
         specs = trainer.datamodule.clients
-        loop = trainer.fit_loop
+        federation = federation_of(trainer)
         held = {spec.id: _held_until(spec, round) for spec in specs}
-        targets: dict[str | None, tuple[GeneratorBank, list[str]]]
-        if loop.config.shared_generators or loop.config.aggregation != "none":
-            classes = [c for c in data.classes if any(c in h for h in held.values())]
-            targets = {None: (module.bank, classes)}
-        else:
-            banks = loop.generators.banks()
-            targets = {cid: (banks[cid], [c for c in data.classes if c in held[cid]]) for cid in held if held[cid]}
+        held[None] = set().union(*held.values())  # the server's generators: every class some client held
+        targets = {
+            owner: (bank, [c for c in data.classes if c in held[owner]])
+            for owner, bank in federation.results().items()
+            if held[owner]
+        }
         real = self._real(data, [c for _, classes in targets.values() for c in classes])
         train = self._train(data, list(real))
         if self._linear_probe is None:
@@ -186,7 +185,7 @@ class GeneratorEvaluation(Callback):
                 summary[name if cid is None else f"{name}@{cid}"] = value
         self._warn(per_class, summary, round)
         self._update_pca(real, fakes, round)
-        return {"round": round, "step": loop.visits, "per_class": per_class, "summary": summary}
+        return {"round": round, "step": federation.visits, "per_class": per_class, "summary": summary}
 
     def _warn(self, per_class: dict[str, dict], summary: dict[str, float], round_: int) -> None:
         """Log a warning per collapsed class and per generator set that ignores its conditioning."""
@@ -307,7 +306,7 @@ class GeneratorEvaluation(Callback):
 
     def write(self, trainer) -> Path:
         """Write ``evaluation.json`` atomically and return its path."""
-        path = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "evaluation.json"
+        path = output_path(trainer, self.dirpath) / "evaluation.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         content = {
             "format": "a2vgen-evaluation/1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -20,25 +19,13 @@ from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import RunMetricsWriter
 from a2vgen.federation.server import DiffusionServer
-from a2vgen.federation.state import IndependentGenerators, SharedGenerators
+from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
+from a2vgen.federation.view import ClientVisit
 from a2vgen.lightning_adapter import EpochFitLoop
+from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClientVisit:
-    """What the loop tells callbacks about one client's local training."""
-
-    client: ClientSpec
-    round: int
-    position: int
-    classes: list[str]
-    keys: list[str]
-    num_samples: int
-    stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def call_federation_hook(trainer, name: str, *args) -> None:
@@ -104,7 +91,8 @@ class FederatedFitLoop(EpochFitLoop):
             )
         else:
             client_keys = {spec.id: module.keys_for(spec.all_classes) for spec in dm.clients}
-            self.generators = IndependentGenerators(module, self.trainer, client_keys)
+            averaged = not self.config.per_client_results
+            self.generators = IndependentGenerators(module, self.trainer, client_keys, averaged)
             log.info("independent generators: %d clients keep their own generators", len(client_keys))
         if self._pending_state is not None:
             self._restore(self._pending_state)
@@ -120,6 +108,14 @@ class FederatedFitLoop(EpochFitLoop):
             self.server.check_prompt_space(module.cond_shapes)
             if module.bank.adapter is None:
                 log.warning("full mode without an adapter (model.train_adapter: false): previews cannot be rendered")
+
+    def owners(self) -> dict[Owner, GeneratorBank]:
+        """Every generator bank there is, by owner (a client id; ``None``: the server)."""
+        return self.generators.owners()
+
+    def results(self) -> dict[Owner, GeneratorBank]:
+        """The banks holding what the run trained (see :meth:`IndependentGenerators.results`)."""
+        return self.generators.results()
 
     def run_epochs(self) -> None:
         module: BaseGeneratorModule = self.trainer.lightning_module

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,10 @@ class GeneratorSlot(nn.Module):
         self.net = net
         self.register_buffer("age", torch.zeros((), dtype=torch.long))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    def seen_classes(self, classes: Sequence[str]) -> list[str]:
+        """The names in ``classes`` (the module's class list) of the classes this generator trained on."""
+        return [c for c, s in zip(classes, self.seen.tolist()) if s]
 
 
 class GeneratorBank(nn.Module):

@@ -300,8 +300,7 @@ class BaseGeneratorModule(LightningModule):
 
     def seen_classes(self, key: str) -> list[str]:
         """Classes whose samples generator ``key`` trained on since it was built or last reset."""
-        seen = self.bank[key].seen
-        return [c for c, s in zip(self.classes, seen.tolist()) if s]
+        return self.bank[key].seen_classes(self.classes)
 
     def reset_generators(self, keys: Iterable[str]) -> list[str]:
         """Re-initialise ``keys`` exactly as at construction and drop their optimizer state.
