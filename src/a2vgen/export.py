@@ -18,6 +18,7 @@ import torch
 
 from a2vgen.data.embeddings import EmbeddingSet, save_embeddings
 from a2vgen.federation.checkpoint import load_module, module_class, read_checkpoint, stored_results
+from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule
 from a2vgen.modules.export_format import EXPORT_FORMAT, export_bank, load_exported
 
@@ -37,10 +38,13 @@ __all__ = [  # the checkpoint reader and the export format are re-exported: thei
 log = logging.getLogger(__name__)
 
 
-def sample_set(module: BaseGeneratorModule, classes: list[str], n: int, seed: int = 0) -> EmbeddingSet:
-    """``n`` synthetic samples per class, as an embedding set (labels index ``classes``)."""
+def sample_set(
+    module: BaseGeneratorModule, classes: list[str], n: int, seed: int = 0, bank: GeneratorBank | None = None
+) -> EmbeddingSet:
+    """``n`` synthetic samples per class from ``bank`` (default: the module's), as an embedding set (labels
+    index ``classes``)."""
     g = torch.Generator().manual_seed(seed)
-    audio = [module.sample(c, n, generator=g) for c in classes]
+    audio = [module.sample(c, n, generator=g, bank=bank) for c in classes]
     cond = [torch.cat(parts) for parts in zip(*(module.class_condition(c) for c in classes))]
     return EmbeddingSet(
         audio=torch.cat(audio),
@@ -64,11 +68,10 @@ def write_samples(
     out = Path(out)
     written = []
     for cid, bank in stored_results(module, ckpt).items():
-        module.bank = bank
         held = [c for c in classes if module.generator_key(c) in bank]
         if not held:
             continue
-        data = sample_set(module, held, num_samples, seed)
+        data = sample_set(module, held, num_samples, seed, bank)
         data.meta.update({"checkpoint": str(ckpt_path), "client": str(cid) if cid is not None else "server"})
         path = out if cid is None else out.with_name(f"{out.stem}.client-{cid}{out.suffix}")
         save_embeddings(path, data)

@@ -290,7 +290,7 @@ class GeneratorEvaluation(Callback):
                 self._log_wandb(logger, record, reset_events(trainer))
 
     def _log_wandb(self, logger: WandbLogger, record: dict, resets: list[dict]) -> None:
-        from a2vgen.report import figure_array, plot_heatmap, plot_losses, plot_pca, reset_steps
+        from a2vgen.plots import figure_array, plot_heatmap, plot_losses, plot_pca, reset_steps
 
         names = sorted({m for scores in record["per_class"].values() for m in scores})
         rows = [[label, *(scores.get(m) for m in names)] for label, scores in record["per_class"].items()]

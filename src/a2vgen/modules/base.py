@@ -365,9 +365,11 @@ class BaseGeneratorModule(LightningModule):
         n: int,
         cond: list[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
+        bank: GeneratorBank | None = None,
     ) -> torch.Tensor:
-        """``n`` synthetic embeddings ``[n, L, D_a]`` of ``class_name`` (conditioning: stored or ``cond``)."""
-        net = self.bank[self.generator_key(class_name)].net
+        """``n`` synthetic embeddings ``[n, L, D_a]`` of ``class_name`` (conditioning: stored or ``cond``) from
+        ``bank`` (default: the module's own)."""
+        net = (self.bank if bank is None else bank)[self.generator_key(class_name)].net
         if cond is None and self.cond_shapes:
             cond = self.class_condition(class_name)
         return net.sample(n, cond, generator=generator)
