@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
+from a2vgen.federation.runs import run_of_checkpoint
 from a2vgen.lightning_adapter import CheckpointHparamsHook
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import import_plugins
@@ -119,8 +120,7 @@ def config_from_checkpoint(args: list[str]) -> list[str]:
 
 def beside(ckpt_path: str) -> Path:
     """The run folder of a checkpoint (``<run>/checkpoints/x.ckpt``), else the checkpoint's folder."""
-    folder = Path(ckpt_path).parent
-    return folder.parent if folder.name == "checkpoints" else folder
+    return run_of_checkpoint(ckpt_path) or Path(ckpt_path).parent
 
 
 def sample_command(args: list[str]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
+from a2vgen.federation.runs import CHECKPOINTS, LAST
 from a2vgen.plots import Visits, plot_heatmap, plot_loss_parts, plot_losses, plot_pca, reset_steps
 
 HEATMAP_METRICS = ("fd_ratio", "diversity_ratio", "synthetic_accuracy")
@@ -90,7 +91,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             fig.savefig(out / name, dpi=110)
             images.append(name)
     page = out / "report.html"
-    body = _html(run_dir, images, evaluation, _generators(run_dir / "checkpoints" / "last.ckpt"), visits)
+    body = _html(run_dir, images, evaluation, _generators(run_dir / CHECKPOINTS / LAST), visits)
     page.write_text(body)
     return page
 

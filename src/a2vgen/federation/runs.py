@@ -24,6 +24,13 @@ from a2vgen.federation.metrics_file import RunMetricsWriter
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoint subfolder
+
+
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run folder of a checkpoint file in a run's ``checkpoints/`` (``None`` for a file elsewhere)."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
 
 
 def run_root(logger: Logger) -> Path | None:
@@ -69,8 +76,8 @@ def set_version(logger: Logger, version: str) -> None:
 
 def newest_run(root: Path) -> Path | None:
     """The most recently written run under ``root`` that holds checkpoints."""
-    runs = [p.parent.parent for p in root.glob("*/checkpoints/*.ckpt")]
-    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / "checkpoints").glob("*.ckpt")), default=None)
+    runs = [run_of_checkpoint(p) for p in root.glob(f"*/{CHECKPOINTS}/*.ckpt")]
+    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / CHECKPOINTS).glob("*.ckpt")), default=None)
 
 
 def readable(path: Path) -> bool:
@@ -111,9 +118,9 @@ def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | 
                 "drop --ckpt_path to start a new run, or give a run folder or checkpoint file"
             )
     elif path.is_dir():
-        run = path.parent if path.name == "checkpoints" else path
+        run = path.parent if path.name == CHECKPOINTS else path
     elif path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        run = run_of_checkpoint(path)
         if run is not None and _same(run.parent, root):
             set_version(logger, run.name)
             log.info("resuming run %s from %s", run, path)
@@ -122,7 +129,7 @@ def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | 
         return path
     else:
         raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file or run folder")
-    ckpt = resume_checkpoint(run / "checkpoints")
+    ckpt = resume_checkpoint(run / CHECKPOINTS)
     if _same(run.parent, root):
         set_version(logger, run.name)
     log.info("resuming run %s from %s", run, ckpt.name)

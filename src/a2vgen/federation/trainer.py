@@ -26,6 +26,7 @@ from a2vgen.federation.runs import (
     prepare_logger,
     resolve_resume,
     run_dir,
+    run_of_checkpoint,
     run_root,
     set_version,
 )
@@ -204,13 +205,9 @@ class FederatedTrainerBase(Trainer):
         if ckpt_path is not None and Path(ckpt_path).is_file():
             if model is not None:
                 check_checkpoint(model, ckpt_path, resuming=False)
-            run = Path(ckpt_path).parent.parent
+            run = run_of_checkpoint(ckpt_path)
             root = run_root(self.loggers[0]) if self.loggers else None
-            if (
-                root is not None
-                and Path(ckpt_path).parent.name == "checkpoints"
-                and run.parent.resolve() == root.resolve()
-            ):
+            if root is not None and run is not None and run.parent.resolve() == root.resolve():
                 set_version(self.loggers[0], run.name)
         self._install_metrics_writers()
 
