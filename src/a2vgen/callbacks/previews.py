@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from a2vgen.federation.view import federation_of, output_path
-from a2vgen.modules.base import key_seed
+from a2vgen.seeding import key_seed
 
 log = logging.getLogger(__name__)
 

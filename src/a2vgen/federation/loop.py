@@ -12,18 +12,19 @@ import time
 
 import torch
 
+from a2vgen.data.client import ClientDataModule
 from a2vgen.data.clients import ClientSpec
-from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
-from a2vgen.errors import UserError
+from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
-from a2vgen.federation.metrics_file import RunMetricsWriter
+from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
 from a2vgen.federation.view import ClientVisit
 from a2vgen.lightning_adapter import EpochFitLoop
 from a2vgen.modules.bank import GeneratorBank
-from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
+from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule
+from a2vgen.seeding import key_seed
 
 log = logging.getLogger(__name__)
 
@@ -270,32 +271,3 @@ def visit_batches(available: int, limit: int | float) -> int:
     if isinstance(limit, float):
         return min(available, max(1, int(available * limit))) if limit > 0 else 0
     return min(available, limit)
-
-
-def flush_loggers(trainer) -> None:
-    """Write pending metrics; a failed write is a one-line error (earlier rows and checkpoints are intact)."""
-    for logger in trainer.loggers:
-        try:
-            logger.save()
-        except OSError as err:
-            raise UserError(
-                f"cannot write metrics to {trainer.log_dir}: {err.strerror or err}; rows written so far and "
-                "the checkpoints are intact: free space and resume with --ckpt_path last"
-            ) from err
-
-
-def metrics_rows(trainer) -> int | None:
-    """Rows in the run's ``metrics.csv`` (``None`` without a CSV logger)."""
-    writers = [
-        lg.experiment for lg in trainer.loggers if isinstance(getattr(lg, "_experiment", None), RunMetricsWriter)
-    ]
-    return writers[0].rows() if writers else None
-
-
-def truncate_metrics(trainer, rows: int | None) -> None:
-    """Drop the rows a resumed checkpoint did not see (visits after it are trained and logged again)."""
-    if rows is None:
-        return
-    for logger in trainer.loggers:
-        if isinstance(getattr(logger, "_experiment", None), RunMetricsWriter):
-            logger.experiment.truncate(rows)

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+ADAPTER_KEY = "__adapter__"  # the audio→prompt adapter's name where generator keys are listed (stats, seeds)
+
 
 class GeneratorSlot(nn.Module):
     """One generator network plus its training state.
