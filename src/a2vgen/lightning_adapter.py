@@ -9,6 +9,10 @@ private ``_FitLoop`` here and drives it through a few public-named methods:
 - :func:`fit_loop_state`: the fit loop's entry in a saved checkpoint (Lightning's checkpoint layout).
 - :class:`CheckpointHparamsHook`: a ``LightningCLI`` mixin replacing the private step that would copy a
   checkpoint's hyper-parameters over the parsed config.
+- :func:`attached_trainer`: a module's Trainer, or ``None`` outside one.
+- Loggers: :func:`started_experiment`, :func:`use_experiment`, :func:`set_logger_version` and the W&B
+  logger's :func:`wandb_run_id` / :func:`wandb_init_args` / :func:`wandb_offline` (run folders known before
+  training, ``metrics.csv`` continued on resume, offline fallback).
 
 ``tests/test_lightning_internals.py`` checks the behaviour that depends on these (a short fit, an exact
 mid-round resume, no validation during fit): a Lightning release that moves them fails there.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.loops.utilities import _select_data_fetcher
 from lightning.pytorch.trainer.states import RunningStage
@@ -133,3 +138,41 @@ class CheckpointHparamsHook:
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         self.check_ckpt_path(self.config[subcommand].get("ckpt_path") if subcommand else None)
+
+
+def attached_trainer(module) -> object | None:
+    """The Trainer a LightningModule is attached to, or ``None`` (``module.trainer`` raises when detached)."""
+    return module._trainer
+
+
+def started_experiment(logger: Logger) -> object | None:
+    """The logger's experiment (writer, W&B run) if it was created already, else ``None``; creates nothing."""
+    return getattr(logger, "_experiment", None)
+
+
+def use_experiment(logger: Logger, experiment: object) -> None:
+    """Make ``experiment`` the logger's experiment before it creates its own (e.g. a CSV writer of ours)."""
+    logger._experiment = experiment
+
+
+def set_logger_version(logger: Logger, version: int | str) -> None:
+    """Point a logger that wrote nothing yet at run ``version`` (W&B: the run id; CSV/TensorBoard: the folder)."""
+    if isinstance(logger, WandbLogger):
+        logger._id = logger._wandb_init["id"] = version
+    else:
+        logger._version = version
+
+
+def wandb_run_id(logger: WandbLogger) -> str | None:
+    """The run id a W&B logger will use (``None``: W&B picks one when the run starts)."""
+    return logger._id
+
+
+def wandb_init_args(logger: WandbLogger) -> dict:
+    """The keyword arguments a W&B logger will pass to ``wandb.init`` (mutable until the run starts)."""
+    return logger._wandb_init
+
+
+def wandb_offline(logger: WandbLogger) -> bool:
+    """Whether a W&B logger was created with ``offline=True``."""
+    return logger._offline

@@ -10,6 +10,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from a2vgen.errors import UserError
 from a2vgen.io import atomic_path
+from a2vgen.lightning_adapter import started_experiment
 
 
 class RunMetricsWriter(ExperimentWriter):
@@ -79,9 +80,7 @@ def flush_loggers(trainer) -> None:
 
 def metrics_rows(trainer) -> int | None:
     """Rows in the run's ``metrics.csv`` (``None`` without a CSV logger)."""
-    writers = [
-        lg.experiment for lg in trainer.loggers if isinstance(getattr(lg, "_experiment", None), RunMetricsWriter)
-    ]
+    writers = [lg.experiment for lg in trainer.loggers if isinstance(started_experiment(lg), RunMetricsWriter)]
     return writers[0].rows() if writers else None
 
 
@@ -90,5 +89,5 @@ def truncate_metrics(trainer, rows: int | None) -> None:
     if rows is None:
         return
     for logger in trainer.loggers:
-        if isinstance(getattr(logger, "_experiment", None), RunMetricsWriter):
+        if isinstance(started_experiment(logger), RunMetricsWriter):
             logger.experiment.truncate(rows)

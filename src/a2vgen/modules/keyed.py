@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import torch
 
+from a2vgen.lightning_adapter import attached_trainer
 from a2vgen.modules.bank import ADAPTER_KEY, GeneratorBank, GeneratorSlot
 from a2vgen.nn.protocol import GeneratorNetwork
 from a2vgen.seeding import key_seed
@@ -105,6 +106,8 @@ class KeyedGenerators:
         next step starts like a fresh optimizer's. Other keys are not touched.
         """
         keys = list(keys)
+        trainer = attached_trainer(self)
+        optimizers = trainer.optimizers if trainer is not None else []
         for key in keys:
             slot = self.bank[key]
             fresh = self.build_slot(key).state_dict()
@@ -112,7 +115,7 @@ class KeyedGenerators:
                 for name, tensor in slot.state_dict().items():
                     tensor.copy_(fresh[name])
             params = set(slot.parameters())
-            for optimizer in self._trainer.optimizers if self._trainer is not None else []:
+            for optimizer in optimizers:
                 for p in params:
                     optimizer.state.pop(p, None)
         return keys

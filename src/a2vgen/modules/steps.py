@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from a2vgen.batch import Batch, sample_cond, subset_cond
+from a2vgen.lightning_adapter import attached_trainer
 from a2vgen.modules.bank import ADAPTER_KEY, GeneratorBank
 
 
@@ -86,9 +87,8 @@ class GeneratorSteps:
             for name, value in values.items():
                 value = value.to(loss.device)
                 acc[name] = acc[name] + value if name in acc else value
-        if (
-            self._trainer is not None and self._trainer.progress_bar_callback is not None
-        ):  # ~1 ms a step: only for a bar
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.progress_bar_callback is not None:  # ~1 ms a step: only for a bar
             self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
