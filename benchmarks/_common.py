@@ -269,7 +269,7 @@ def trainer(
     from lightning.pytorch.loggers import CSVLogger
 
     from a2vgen.callbacks import RoundCheckpoint
-    from a2vgen.federation import FederatedTrainer
+    from a2vgen.trainer import FederatedTrainer
 
     callbacks = [RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"))] if checkpoint else []
     return FederatedTrainer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback
 
-from a2vgen.federation import FederatedTrainer
+from a2vgen.trainer import FederatedTrainer
 
 
 def federated_fit(module, dm, callbacks=(), ckpt_path=None, **options):

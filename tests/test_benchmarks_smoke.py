@@ -7,11 +7,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
 from run_all import BENCHMARKS  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Benchmarks set 2 threads; later tests compare in-process results with 1-thread subprocesses
+    (``test_faults``), and reductions differ in their last bits between thread counts."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -11,10 +11,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
 from a2vgen.callbacks.evaluation import GeneratorEvaluation
 from a2vgen.data.clients import ClientSpec
-from a2vgen.federation import FederatedTrainer
 from a2vgen.metrics.quality import evaluate_classes, features, fit_probe
 from a2vgen.modules import PerClassGenerator
 from a2vgen.report import read_training_log, report_command, reset_steps
+from a2vgen.trainer import FederatedTrainer
 from conftest import module_for, small_datamodule
 
 CLIENTS = [

@@ -198,7 +198,7 @@ def test_partitions_are_disjoint_and_deterministic():
 
 
 def test_multi_device_strategy_is_refused():
-    from a2vgen.federation import FederatedTrainer
+    from a2vgen.trainer import FederatedTrainer
 
     with pytest.raises(NotImplementedError, match="not supported yet"):
         FederatedTrainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)

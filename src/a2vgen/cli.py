@@ -21,9 +21,11 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
-from a2vgen.federation.trainer import FederatedTrainer
+from a2vgen.federation.runs import run_of_checkpoint
+from a2vgen.lightning_adapter import CheckpointHparamsHook
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import import_plugins
+from a2vgen.trainer import FederatedTrainer
 
 IMPORTS_HELP = "modules defining your generator types, imported first (e.g. [my_generators]); files never name code"
 
@@ -60,7 +62,7 @@ class RunConfig(SaveConfigCallback):
         checkpoint[CONFIG_KEY] = yaml.safe_dump({k: config[k] for k in ("seed_everything", "trainer", "model", "data")})
 
 
-class A2VGenCLI(LightningCLI):
+class A2VGenCLI(CheckpointHparamsHook, LightningCLI):
     """LightningCLI with the data's classes and shapes linked into the generator module, and the adapter
     trained exactly when the run is not generator-only (full mode). A checkpoint's hyperparameters never
     silently replace the command line: the trainer compares them (see :mod:`a2vgen.federation.compat`)."""
@@ -70,14 +72,12 @@ class A2VGenCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("trainer.generator_only", "model.init_args.train_adapter", compute_fn=operator.not_)
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self, path: str | None) -> None:
         """Lightning would overwrite the config with the checkpoint's hyperparameters (importing the
         ``_class_path`` they name): instead the trainer compares them, and the checkpoint's class is checked
         against the module registry here, before anything is imported."""
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
-            from a2vgen.export import module_class, read_checkpoint
+            from a2vgen.federation.checkpoint import module_class, read_checkpoint
 
             module_class(path, read_checkpoint(path))
 
@@ -120,8 +120,7 @@ def config_from_checkpoint(args: list[str]) -> list[str]:
 
 def beside(ckpt_path: str) -> Path:
     """The run folder of a checkpoint (``<run>/checkpoints/x.ckpt``), else the checkpoint's folder."""
-    folder = Path(ckpt_path).parent
-    return folder.parent if folder.name == "checkpoints" else folder
+    return run_of_checkpoint(ckpt_path) or Path(ckpt_path).parent
 
 
 def sample_command(args: list[str]) -> None:

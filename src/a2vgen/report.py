@@ -2,7 +2,7 @@
 
 Reads ``metrics.csv`` (training losses and resets, written by the CSV logger), ``evaluation.json``
 (written by :class:`~a2vgen.callbacks.evaluation.GeneratorEvaluation`) and ``checkpoints/last.ckpt``
-(the generators' ages and seen classes); each is optional. Plots are drawn with matplotlib's Agg canvas.
+(the generators' ages and seen classes); each is optional. The plots come from :mod:`a2vgen.plots`.
 """
 
 from __future__ import annotations
@@ -10,23 +10,19 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from jsonargparse import ArgumentParser
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+
+from a2vgen.federation.runs import CHECKPOINTS, LAST
+from a2vgen.plots import Visits, plot_heatmap, plot_loss_parts, plot_losses, plot_pca, reset_steps
 
 HEATMAP_METRICS = ("fd_ratio", "diversity_ratio", "synthetic_accuracy")
 TABLE_METRICS = (
     "fd_ratio", "centroid_fd_ratio", "diversity_ratio", "recall", "memorization_ratio",
     "synthetic_accuracy", "real_accuracy", "tstr_accuracy",
 )  # fmt: skip
-
-Visits = Sequence[Mapping]  # {"step", "round", "client", "losses": {key: loss}, "parts": {key: {part: value}}}
 
 
 # ---------------------------------------------------------------------- inputs
@@ -59,70 +55,6 @@ def read_training_log(path: str | Path) -> tuple[list[dict], list[tuple[int, str
     return visits, resets
 
 
-def reset_steps(visits: Visits, events: Sequence[Mapping]) -> list[tuple[int, str]]:
-    """``(step, key)`` of reset events ``{"round", "client", "keys"}``: the step of the visit they precede."""
-    step_of = {(v["round"], v["client"]): v["step"] for v in reversed(visits)}
-    return [
-        (step_of[e["round"], e["client"]], key)
-        for e in events
-        if (e["round"], e["client"]) in step_of
-        for key in e["keys"]
-    ]
-
-
-# ---------------------------------------------------------------------- plots
-def plot_losses(visits: Visits, resets: Sequence[tuple[int, str]]) -> Figure | None:
-    """Training loss per generator key at each client visit, rounds separated by dotted lines; a red
-    triangle marks a reset just before that visit."""
-    keys = list(dict.fromkeys(key for v in visits for key in v["losses"]))
-    if not keys:
-        return None
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    colors = _colors(len(keys))
-    for i, key in enumerate(keys):
-        points = [(v["step"], v["losses"][key]) for v in visits if key in v["losses"]]
-        ax.plot(*zip(*points), marker="o", ms=3, color=colors[i], label=key)
-    loss_at = {(v["step"], key): loss for v in visits for key, loss in v["losses"].items()}
-    marks = [(step, loss_at[step, key]) for step, key in resets if (step, key) in loss_at]
-    if marks:
-        ax.scatter(*zip(*marks), marker="v", s=70, facecolor="none", edgecolor="red", zorder=3, label="reset")
-    rounds: dict[int, list[int]] = {}
-    for v in visits:
-        rounds.setdefault(v["round"], []).append(v["step"])
-    for steps in list(rounds.values())[1:]:
-        ax.axvline(min(steps) - 0.5, color="gray", linestyle=":", linewidth=1)
-    ax.set_xticks([sum(steps) / len(steps) for steps in rounds.values()], [f"round {r}" for r in rounds])
-    ax.set(ylabel="training loss", yscale="log", title="Loss per generator at each client visit")
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    return fig
-
-
-def plot_loss_parts(visits: Visits) -> Figure | None:
-    """Every loss part other than ``loss`` (whatever the module's ``compute_loss`` returns), one panel
-    per part, one line per generator key."""
-    names = list(dict.fromkeys(p for v in visits for parts in v.get("parts", {}).values() for p in parts))
-    names = [n for n in names if n != "loss"]
-    if not names:
-        return None
-    keys = list(dict.fromkeys(key for v in visits for key in v.get("parts", {})))
-    colors = _colors(len(keys))
-    fig = Figure(figsize=(9, 2.6 * len(names)), layout="constrained")
-    axes = fig.subplots(len(names), 1, squeeze=False, sharex=True)[:, 0]
-    for ax, name in zip(axes, names):
-        for i, key in enumerate(keys):
-            points = [(v["step"], v["parts"][key][name]) for v in visits if name in v.get("parts", {}).get(key, {})]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=2, color=colors[i], label=key)
-        ax.set(ylabel=name)
-    axes[0].set_title("Loss parts per generator at each client visit")
-    axes[-1].set_xlabel("client visit")
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    return fig
-
-
 def last_loss_parts(visits: Visits) -> tuple[list[str], list[list]]:
     """Header and rows ``[key, part values…]`` of each key's loss parts at its last visit."""
     last: dict[str, dict[str, float]] = {}
@@ -130,64 +62,6 @@ def last_loss_parts(visits: Visits) -> tuple[list[str], list[list]]:
         last.update(v.get("parts", {}))
     names = list(dict.fromkeys(p for parts in last.values() for p in parts))
     return ["key", *names], [[key, *(parts.get(n) for n in names)] for key, parts in last.items()]
-
-
-def plot_heatmap(history: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], metric: str) -> Figure | None:
-    """Per-class ``metric`` over evaluated rounds (blank: class not evaluated yet)."""
-    per_class = history.get(metric)
-    if not per_class:
-        return None
-    rounds = sorted({int(r) for points in per_class.values() for r, _ in points})
-    labels = list(per_class)
-    grid = np.full((len(labels), len(rounds)), np.nan)
-    for i, label in enumerate(labels):
-        for r, value in per_class[label]:
-            grid[i, rounds.index(int(r))] = value
-    bounded = metric in ("synthetic_accuracy", "real_accuracy", "tstr_accuracy", "recall")
-    fig = Figure(figsize=(1.6 + 0.7 * len(rounds), 1.2 + 0.35 * len(labels)), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None)
-    low, high = image.get_clim()
-    for (i, j), value in np.ndenumerate(grid):
-        if not math.isnan(value):
-            dark = (value - low) < 0.5 * (high - low)
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    ax.set_xticks(range(len(rounds)), [str(r) for r in rounds])
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="round", title=metric.replace("_", " "))
-    fig.colorbar(image, ax=ax)
-    return fig
-
-
-def plot_pca(pca: Mapping) -> Figure | None:
-    """Real vs synthetic samples of a few classes, each on the top-2 principal axes of its two sets."""
-    classes = pca.get("classes") if pca else None
-    if not classes:
-        return None
-    fig = Figure(figsize=(3.2 * len(classes), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(classes), squeeze=False)[0]
-    for ax, (label, points) in zip(axes, classes.items()):
-        real, fake = np.asarray(points["real"]), np.asarray(points["synthetic"])
-        ax.scatter(real[:, 0], real[:, 1], s=14, color="tab:blue", label="real (held-out)")
-        ax.scatter(fake[:, 0], fake[:, 1], s=14, marker="x", color="tab:orange", label="synthetic")
-        ax.set(title=label, xlabel="PC 1", ylabel="PC 2")
-    axes[0].legend(fontsize="small")
-    fig.suptitle(f"PCA of real vs synthetic embeddings (round {pca.get('round')})")
-    return fig
-
-
-def figure_array(fig: Figure) -> np.ndarray:
-    """The figure rendered as an RGB array ``[H, W, 3]`` (e.g. for ``wandb.Image``)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 # ---------------------------------------------------------------------- report
@@ -217,7 +91,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             fig.savefig(out / name, dpi=110)
             images.append(name)
     page = out / "report.html"
-    body = _html(run_dir, images, evaluation, _generators(run_dir / "checkpoints" / "last.ckpt"), visits)
+    body = _html(run_dir, images, evaluation, _generators(run_dir / CHECKPOINTS / LAST), visits)
     page.write_text(body)
     return page
 
@@ -230,12 +104,14 @@ def _generators(ckpt_path: Path) -> list[list[str]]:
     """Rows ``[owner, key, age, seen classes]`` of the checkpoint's generators (empty without one)."""
     if not ckpt_path.is_file():
         return []
-    from a2vgen.export import client_banks, load_module
+    from a2vgen.federation.checkpoint import load_module, stored_owners
 
     module, ckpt = load_module(ckpt_path)
-    banks = {"server": module.bank, **{f"client {cid}": bank for cid, bank in client_banks(module, ckpt).items()}}
+    banks = {
+        "server" if owner is None else f"client {owner}": bank for owner, bank in stored_owners(module, ckpt).items()
+    }
     return [
-        [owner, key, str(int(slot.age)), ", ".join(c for c, s in zip(module.classes, slot.seen.tolist()) if s)]
+        [owner, key, str(int(slot.age)), ", ".join(slot.seen_classes(module.classes))]
         for owner, bank in banks.items()
         for key, slot in bank.items()
     ]

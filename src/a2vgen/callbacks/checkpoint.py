@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from a2vgen.errors import UserError
+from a2vgen.federation.view import federation_of
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,11 @@ class RoundCheckpoint(ModelCheckpoint):
     def on_client_end(self, trainer, module, visit) -> None:
         if trainer.fast_dev_run:
             return
-        if self.every_n_visits and trainer.fit_loop.visits % self.every_n_visits == 0:
+        if self.every_n_visits and federation_of(trainer).visits % self.every_n_visits == 0:
             self._save_last(trainer)
 
     def on_round_end(self, trainer, module, round: int) -> None:
-        final = round >= trainer.federation.max_rounds
-        if trainer.fast_dev_run or (round % self.every_n_rounds and not final):
+        if trainer.fast_dev_run or not federation_of(trainer).config.due(round, self.every_n_rounds):
             return
         if self.keep_last:  # make room first: the current last.ckpt holds newer weights than these files
             older = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
@@ -94,5 +94,5 @@ class RoundCheckpoint(ModelCheckpoint):
             log.info("round %d: checkpoint %s (weights only; full state in last.ckpt)", round, path)
 
     def on_train_end(self, trainer, module) -> None:
-        if trainer.should_stop and trainer.fit_loop.visits and not trainer.fast_dev_run:
+        if trainer.should_stop and federation_of(trainer).visits and not trainer.fast_dev_run:
             self._save_last(trainer)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from a2vgen.callbacks.reset import ClassChangeResetCallback
+from a2vgen.callbacks.evaluation_outputs import EvaluationOutputs
 from a2vgen.data.embeddings import EmbeddingSet
-from a2vgen.io import atomic_path
-from a2vgen.metrics import LinearProbe, forgetting
+from a2vgen.federation.view import federation_of
+from a2vgen.metrics import LinearProbe
 from a2vgen.metrics.functional import pca_projection
 from a2vgen.metrics.quality import (
     COLLAPSE_DIVERSITY,
@@ -33,13 +30,8 @@ from a2vgen.modules.base import BaseGeneratorModule
 
 log = logging.getLogger(__name__)
 
-#: per-class scores whose forgetting is tracked, with whether higher is better
-FORGETTING_METRICS = {"fd_ratio": False, "synthetic_accuracy": True}
-#: the scores a reader should look at first (ideal 1; the centroid's FD ratio is the collapse floor)
-LEAD_SCORES = ("fd_ratio", "centroid_fd_ratio", "diversity_ratio", "recall", "memorization_ratio")
 
-
-class GeneratorEvaluation(Callback):
+class GeneratorEvaluation(EvaluationOutputs, Callback):
     """Compare each class's synthetic samples with its held-out real embeddings at round ends.
 
     The real set of a class is the ``split`` samples of the federated data (all clients' held-out samples
@@ -112,13 +104,12 @@ class GeneratorEvaluation(Callback):
     def on_client_end(self, trainer, module, visit) -> None:
         self._round_seconds += visit.seconds
         losses = {key: values["loss"] for key, values in visit.stats.items()}
-        step = trainer.fit_loop.visits - 1  # the step the loop logged this visit at
+        step = federation_of(trainer).visits - 1  # the step the loop logged this visit at
         self.losses.append({"step": step, "round": visit.round, "client": visit.client.id, "losses": losses})
 
     def on_round_end(self, trainer, module: BaseGeneratorModule, round: int) -> None:
         train_seconds, self._round_seconds = self._round_seconds, 0.0
-        final = round >= trainer.federation.max_rounds
-        if round % self.every_n_rounds and not final:
+        if not federation_of(trainer).config.due(round, self.every_n_rounds):
             return
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -149,15 +140,14 @@ class GeneratorEvaluation(Callback):
         """Scores of the generators after ``round``: ``{"round", "step", "per_class", "summary"}``."""
         data: EmbeddingSet = trainer.datamodule.data
         specs = trainer.datamodule.clients
-        loop = trainer.fit_loop
+        federation = federation_of(trainer)
         held = {spec.id: _held_until(spec, round) for spec in specs}
-        targets: dict[str | None, tuple[GeneratorBank, list[str]]]
-        if loop.config.shared_generators or loop.config.aggregation != "none":
-            classes = [c for c in data.classes if any(c in h for h in held.values())]
-            targets = {None: (module.bank, classes)}
-        else:
-            banks = loop.generators.banks()
-            targets = {cid: (banks[cid], [c for c in data.classes if c in held[cid]]) for cid in held if held[cid]}
+        held[None] = set().union(*held.values())  # the server's generators: every class some client held
+        targets = {
+            owner: (bank, [c for c in data.classes if c in held[owner]])
+            for owner, bank in federation.results().items()
+            if held[owner]
+        }
         real = self._real(data, [c for _, classes in targets.values() for c in classes])
         train = self._train(data, list(real))
         if self._linear_probe is None:
@@ -186,7 +176,7 @@ class GeneratorEvaluation(Callback):
                 summary[name if cid is None else f"{name}@{cid}"] = value
         self._warn(per_class, summary, round)
         self._update_pca(real, fakes, round)
-        return {"round": round, "step": loop.visits, "per_class": per_class, "summary": summary}
+        return {"round": round, "step": federation.visits, "per_class": per_class, "summary": summary}
 
     def _warn(self, per_class: dict[str, dict], summary: dict[str, float], round_: int) -> None:
         """Log a warning per collapsed class and per generator set that ignores its conditioning."""
@@ -258,86 +248,6 @@ class GeneratorEvaluation(Callback):
             }
         if classes:
             self.pca = {"round": round, "classes": classes}
-
-    # ------------------------------------------------------------------ outputs
-    def history(self) -> dict[str, dict[str, list[list[float]]]]:
-        """``{metric: {label: [[round, value], ...]}}`` over the evaluated rounds."""
-        out: dict[str, dict[str, list[list[float]]]] = {}
-        for record in self.records:
-            for label, scores in record["per_class"].items():
-                for metric, value in scores.items():
-                    out.setdefault(metric, {}).setdefault(label, []).append([record["round"], value])
-        return out
-
-    def forgetting(self) -> dict[str, dict[str, float]]:
-        """Each label's drop from its best score, for the scores of :data:`FORGETTING_METRICS`."""
-        history = self.history()
-        return {
-            metric: forgetting({lab: [tuple(p) for p in pts] for lab, pts in history[metric].items()}, higher)
-            for metric, higher in FORGETTING_METRICS.items()
-            if metric in history
-        }
-
-    def _log(self, trainer, record: dict) -> None:
-        metrics = {f"eval/{name}": value for name, value in record["summary"].items()}
-        for label, scores in record["per_class"].items():
-            metrics.update({f"eval/{metric}/{label}": value for metric, value in scores.items()})
-        for metric, drops in self.forgetting().items():
-            metrics.update({f"eval/forgetting/{metric}/{label}": value for label, value in drops.items()})
-        metrics.update({"eval/seconds": record["seconds"], "round": float(record["round"])})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=record["step"])
-            if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, record, reset_events(trainer))
-
-    def _log_wandb(self, logger: WandbLogger, record: dict, resets: list[dict]) -> None:
-        from a2vgen.report import figure_array, plot_heatmap, plot_losses, plot_pca, reset_steps
-
-        names = sorted({m for scores in record["per_class"].values() for m in scores})
-        rows = [[label, *(scores.get(m) for m in names)] for label, scores in record["per_class"].items()]
-        logger.log_table("eval/per_class", columns=["class", *names], data=rows, step=record["step"])
-        figures = {
-            "eval/plots/losses": plot_losses(self.losses, reset_steps(self.losses, resets)),
-            "eval/plots/synthetic_accuracy": plot_heatmap(self.history(), "synthetic_accuracy"),
-            "eval/plots/pca": plot_pca(self.pca),
-        }
-        for key, fig in figures.items():
-            if fig is not None:
-                logger.log_image(key, [figure_array(fig)], step=record["step"])
-
-    def write(self, trainer) -> Path:
-        """Write ``evaluation.json`` atomically and return its path."""
-        path = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "evaluation.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        content = {
-            "format": "a2vgen-evaluation/1",
-            "split": self.split,
-            "num_samples": self.num_samples,
-            "records": self.records,
-            "lead": list(LEAD_SCORES),
-            "history": self.history(),
-            "forgetting": self.forgetting(),
-            "losses": self.losses,
-            "resets": reset_events(trainer),
-            "pca": self.pca,
-        }
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(content, indent=1))
-        return path
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {"records": self.records, "losses": self.losses, "pca": self.pca}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.records = list(state_dict["records"])
-        self.losses = list(state_dict["losses"])
-        self.pca = dict(state_dict["pca"])
-
-
-def reset_events(trainer) -> list[dict]:
-    """Reset events (round, client, classes, keys) recorded by the trainer's reset callbacks."""
-    return [e for c in trainer.callbacks if isinstance(c, ClassChangeResetCallback) for e in c.events]
 
 
 def _held_until(spec, round: int) -> set[str]:

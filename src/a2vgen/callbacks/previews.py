@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from a2vgen.modules.base import key_seed
+from a2vgen.federation.view import federation_of, output_path
+from a2vgen.seeding import key_seed
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,11 @@ class DiffusionPreviews(Callback):
 
     @torch.no_grad()
     def on_round_end(self, trainer, module, round: int) -> None:
-        final = round >= trainer.federation.max_rounds
-        if trainer.server.generator_only or (round % self.every_n_rounds and not final):
+        federation = federation_of(trainer)
+        if federation.server.generator_only or not federation.config.due(round, self.every_n_rounds):
             return
-        pipeline = trainer.server.pipeline()
-        out = (
-            Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "previews") / f"round-{round:04d}"
-        )
+        pipeline = federation.server.pipeline()
+        out = output_path(trainer, self.dirpath, "previews") / f"round-{round:04d}"
         out.mkdir(parents=True, exist_ok=True)
         n = self.samples_per_class
         for name in self.classes or module.classes[: self.max_classes]:
@@ -108,5 +106,5 @@ class DiffusionPreviews(Callback):
             grid.save(out / f"{name}.png")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
-                    logger.log_image(key=f"preview/{name}", images=[grid], step=trainer.fit_loop.visits)
+                    logger.log_image(key=f"preview/{name}", images=[grid], step=federation.visits)
         log.info("round %d: previews in %s", round, out)

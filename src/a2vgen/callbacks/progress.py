@@ -6,6 +6,8 @@ import sys
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from a2vgen.federation.view import federation_of
+
 
 class FederatedProgressBar(TQDMProgressBar):
     """Lightning's bar, titled ``round r/R · client c`` instead of a global epoch number.
@@ -21,8 +23,8 @@ class FederatedProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer, module) -> None:
         super().on_train_epoch_start(trainer, module)
-        loop = trainer.fit_loop
-        visit = getattr(loop, "current_visit", None)
+        federation = federation_of(trainer)
+        visit = federation.current_visit
         if visit is not None and self.is_enabled:
-            rounds = loop.config.max_rounds
+            rounds = federation.config.max_rounds
             self.train_progress_bar.set_description(f"round {visit.round}/{rounds} · client {visit.client.id}")

@@ -7,6 +7,8 @@ from typing import Literal
 
 from lightning.pytorch import Callback
 
+from a2vgen.federation.view import federation_of
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ class ClassChangeResetCallback(Callback):
                  cid, new, seen, "s" if len(keys) > 1 else "", names)  # fmt: skip
         metrics = {f"resets/{key}": float(self.reset_counts[key]) for key in keys}
         for logger in trainer.loggers:
-            logger.log_metrics({**metrics, "round": float(event["round"])}, step=trainer.fit_loop.visits)
+            logger.log_metrics({**metrics, "round": float(event["round"])}, step=federation_of(trainer).visits)
 
     def state_dict(self) -> dict:
         return {"client_seen": self.client_seen, "reset_counts": self.reset_counts, "events": self.events}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from a2vgen.data.embeddings import EmbeddingSet, save_embeddings
+from a2vgen.federation.view import output_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,6 @@ class SampleWriter(BasePredictionWriter):
             meta={"synthetic": "true", "granularity": module.granularity},
             origin="<predict>",
         )
-        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "samples.safetensors")
+        path = output_path(trainer, self.path, "samples.safetensors")
         save_embeddings(path, data)
         log.info("wrote %d synthetic samples of %d classes to %s", len(labels), len(labels.unique()), path)

@@ -44,3 +44,12 @@ class ClientSpec:
         if not self.schedule:
             return list(self.classes)
         return list(dict.fromkeys(c for r in sorted(self.schedule) for c in self.schedule[r]))
+
+
+def demo_clients() -> list[ClientSpec]:
+    """The demo federation: 3 clients, class-incremental schedules, two classes held by two clients."""
+    return [
+        ClientSpec("0", schedule={1: ["dog", "rain", "sea_waves"], 3: ["dog", "rain", "sea_waves", "rooster"]}),
+        ClientSpec("1", schedule={1: ["crackling_fire", "crying_baby", "dog"], 2: ["crackling_fire", "crying_baby", "dog", "clock_tick"]}),
+        ClientSpec("2", schedule={1: ["helicopter", "chainsaw"], 3: ["helicopter", "chainsaw", "church_bells", "rain"]}),
+    ]  # fmt: skip

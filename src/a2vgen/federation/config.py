@@ -27,3 +27,19 @@ class FederationConfig:
             raise ValueError(f"aggregation must be 'none' or 'fedavg', got {self.aggregation!r}")
         if self.shared_generators and self.aggregation != "none":
             raise ValueError("aggregation applies to independent generators: set shared_generators: false")
+
+    @property
+    def per_client_results(self) -> bool:
+        """Whether the trained generators are each client's own (independent without averaging)."""
+        return per_client_results(self.shared_generators, self.aggregation)
+
+    def due(self, round: int, every_n_rounds: int) -> bool:
+        """Whether an every-``k``-rounds job (checkpoint, evaluation, previews) runs after ``round``:
+        every ``k``-th round, and always after the final one."""
+        return round % every_n_rounds == 0 or round >= self.max_rounds
+
+
+def per_client_results(shared_generators: bool, aggregation: str) -> bool:
+    """Whether a run's trained generators are each client's own rather than the server's: independent
+    generators without aggregation (shared and FedAvg runs end with the server's bank)."""
+    return not shared_generators and aggregation == "none"

@@ -1,48 +1,32 @@
 """The federated fit loop: rounds of client visits, each a few local epochs, in one ``Trainer.fit``.
 
-It subclasses Lightning's private ``_FitLoop`` (pinned Lightning minor version; ``tests/test_lightning_internals.py``
-fails loudly when the internals it uses move). Each local epoch is a regular Lightning training epoch, so
-module and callback hooks, precision, accelerators and loggers work as usual.
+It builds on :class:`a2vgen.lightning_adapter.EpochFitLoop`, the one place that touches Lightning's private
+loop API. Each local epoch is a regular Lightning training epoch, so module and callback hooks, precision,
+accelerators and loggers work as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import torch
-from lightning.pytorch.loops.fit_loop import _FitLoop
-from lightning.pytorch.loops.utilities import _select_data_fetcher
-from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from torch.utils.data import DataLoader
 
+from a2vgen.data.client import ClientDataModule
 from a2vgen.data.clients import ClientSpec
-from a2vgen.data.datamodule import ClientDataModule, FederatedDataModule
-from a2vgen.errors import UserError
+from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
-from a2vgen.federation.metrics_file import RunMetricsWriter
+from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
 from a2vgen.federation.server import DiffusionServer
-from a2vgen.federation.state import IndependentGenerators, SharedGenerators
-from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule, key_seed
+from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
+from a2vgen.federation.view import ClientVisit
+from a2vgen.lightning_adapter import EpochFitLoop
+from a2vgen.modules.bank import GeneratorBank
+from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule
+from a2vgen.seeding import key_seed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClientVisit:
-    """What the loop tells callbacks about one client's local training."""
-
-    client: ClientSpec
-    round: int
-    position: int
-    classes: list[str]
-    keys: list[str]
-    num_samples: int
-    stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def call_federation_hook(trainer, name: str, *args) -> None:
@@ -53,7 +37,7 @@ def call_federation_hook(trainer, name: str, *args) -> None:
             hook(trainer, trainer.lightning_module, *args)
 
 
-class FederatedFitLoop(_FitLoop):
+class FederatedFitLoop(EpochFitLoop):
     """Runs ``max_rounds`` rounds; each visits the selected clients and trains ``local_epochs`` epochs on each.
 
     Callbacks may define ``on_round_start(trainer, module, round)``, ``on_client_start(trainer, module,
@@ -63,7 +47,7 @@ class FederatedFitLoop(_FitLoop):
     """
 
     def __init__(self, trainer, config: FederationConfig, server: DiffusionServer) -> None:
-        super().__init__(trainer, min_epochs=0, max_epochs=-1)
+        super().__init__(trainer)
         self.config = config
         self.server = server
         self.round = 1
@@ -73,30 +57,10 @@ class FederatedFitLoop(_FitLoop):
         self.generators: SharedGenerators | IndependentGenerators | None = None
         self._pending_state: dict | None = None
         self.current_visit: ClientVisit | None = None
-        self.epoch_loop._should_check_val_fx = lambda *_: False  # evaluation is a callback's job here
 
-    # ------------------------------------------------------------------ Lightning plumbing
     @property
-    def done(self) -> bool:
+    def finished(self) -> bool:
         return self.round > self.config.max_rounds
-
-    @property
-    def skip(self) -> bool:
-        return self.done
-
-    def setup_data(self) -> None:
-        """Batches are drawn per client visit (see :meth:`_attach`), not from ``train_dataloader``."""
-
-    def _attach(self, loader: DataLoader) -> None:
-        combined = CombinedLoader(loader, "max_size_cycle")
-        combined.limits = [visit_batches(len(loader), self.trainer.limit_train_batches)]
-        if self._data_fetcher is not None:
-            self._data_fetcher.teardown()
-        self._combined_loader = combined
-        self._data_fetcher = _select_data_fetcher(self.trainer, RunningStage.TRAINING)
-        self._data_fetcher.setup(combined)
-        iter(self._data_fetcher)
-        self.max_batches = len(combined)
 
     # ------------------------------------------------------------------ federation
     @property
@@ -128,29 +92,36 @@ class FederatedFitLoop(_FitLoop):
             )
         else:
             client_keys = {spec.id: module.keys_for(spec.all_classes) for spec in dm.clients}
-            self.generators = IndependentGenerators(module, self.trainer, client_keys)
+            averaged = not self.config.per_client_results
+            self.generators = IndependentGenerators(module, self.trainer, client_keys, averaged)
             log.info("independent generators: %d clients keep their own generators", len(client_keys))
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
 
-    def run(self) -> None:
-        if self.skip:
-            return
+    def prepare(self) -> None:
+        """Key map into the data, the generators' owners (and a checkpoint's state), the pipeline in full mode."""
         module: BaseGeneratorModule = self.trainer.lightning_module
         self.datamodule.set_key_map(module.class_to_key, module.generator_keys)
         self._setup_generators(module)
-        self._restarting = False
-        self.epoch_loop.restarting = False
         if not self.server.generator_only:
             self.server.pipeline(self.trainer.strategy.root_device)
             self.server.check_prompt_space(module.cond_shapes)
             if module.bank.adapter is None:
                 log.warning("full mode without an adapter (model.train_adapter: false): previews cannot be rendered")
-        self.on_run_start()
-        while not self.done and not self.trainer.should_stop:
+
+    def owners(self) -> dict[Owner, GeneratorBank]:
+        """Every generator bank there is, by owner (a client id; ``None``: the server)."""
+        return self.generators.owners()
+
+    def results(self) -> dict[Owner, GeneratorBank]:
+        """The banks holding what the run trained (see :meth:`IndependentGenerators.results`)."""
+        return self.generators.results()
+
+    def run_epochs(self) -> None:
+        module: BaseGeneratorModule = self.trainer.lightning_module
+        while not self.finished and not self.trainer.should_stop:
             self.run_round(module)
-        self.on_run_end()
 
     def run_round(self, module: BaseGeneratorModule) -> None:
         order = self.client_order(self.round)
@@ -214,13 +185,9 @@ class FederatedFitLoop(_FitLoop):
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
         loader = self.datamodule.client(spec.id).dataloader("train", visit.classes, seed=seed % (2**31))
-        self._attach(loader)
+        self.attach_loader(loader, visit_batches(len(loader), self.trainer.limit_train_batches))
         for epoch in range(self.config.local_epochs):
-            self.on_advance_start()
-            loader.sampler.set_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
-            self.advance()
-            self.on_advance_end()
-            self.on_iteration_done()
+            self.train_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
             if self.trainer.should_stop:
                 break
         stats = module.pop_visit_stats()
@@ -262,7 +229,7 @@ class FederatedFitLoop(_FitLoop):
                  visit.client.id, visit.classes, summary, visit.seconds)  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self) -> dict:
+    def checkpoint_state(self) -> dict:
         flush_loggers(self.trainer)  # the checkpoint covers exactly the metric rows on disk now
         return {
             "metrics_rows": metrics_rows(self.trainer),
@@ -275,8 +242,8 @@ class FederatedFitLoop(_FitLoop):
             "generators": self.generators.state_dict() if self.generators is not None else {},
         }
 
-    def on_load_checkpoint(self, state_dict: dict) -> None:
-        self._pending_state = state_dict
+    def load_checkpoint_state(self, state: dict) -> None:
+        self._pending_state = state
 
     def _restore(self, state: dict) -> None:
         if state.get("shared_generators") != self.config.shared_generators:
@@ -304,32 +271,3 @@ def visit_batches(available: int, limit: int | float) -> int:
     if isinstance(limit, float):
         return min(available, max(1, int(available * limit))) if limit > 0 else 0
     return min(available, limit)
-
-
-def flush_loggers(trainer) -> None:
-    """Write pending metrics; a failed write is a one-line error (earlier rows and checkpoints are intact)."""
-    for logger in trainer.loggers:
-        try:
-            logger.save()
-        except OSError as err:
-            raise UserError(
-                f"cannot write metrics to {trainer.log_dir}: {err.strerror or err}; rows written so far and "
-                "the checkpoints are intact: free space and resume with --ckpt_path last"
-            ) from err
-
-
-def metrics_rows(trainer) -> int | None:
-    """Rows in the run's ``metrics.csv`` (``None`` without a CSV logger)."""
-    writers = [
-        lg.experiment for lg in trainer.loggers if isinstance(getattr(lg, "_experiment", None), RunMetricsWriter)
-    ]
-    return writers[0].rows() if writers else None
-
-
-def truncate_metrics(trainer, rows: int | None) -> None:
-    """Drop the rows a resumed checkpoint did not see (visits after it are trained and logged again)."""
-    if rows is None:
-        return
-    for logger in trainer.loggers:
-        if isinstance(getattr(logger, "_experiment", None), RunMetricsWriter):
-            logger.experiment.truncate(rows)

@@ -1,4 +1,4 @@
-"""``metrics.csv`` that survives resumes, kills and full disks."""
+"""``metrics.csv`` that survives resumes, kills and full disks, and the loggers' flush and truncation on resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from a2vgen.errors import UserError
 from a2vgen.io import atomic_path
+from a2vgen.lightning_adapter import started_experiment
 
 
 class RunMetricsWriter(ExperimentWriter):
@@ -62,3 +64,30 @@ class RunMetricsWriter(ExperimentWriter):
         writer.writerows(rows)
         with atomic_path(self.metrics_file_path) as tmp:
             tmp.write_text(buffer.getvalue(), newline="")
+
+
+def flush_loggers(trainer) -> None:
+    """Write pending metrics; a failed write is a one-line error (earlier rows and checkpoints are intact)."""
+    for logger in trainer.loggers:
+        try:
+            logger.save()
+        except OSError as err:
+            raise UserError(
+                f"cannot write metrics to {trainer.log_dir}: {err.strerror or err}; rows written so far and "
+                "the checkpoints are intact: free space and resume with --ckpt_path last"
+            ) from err
+
+
+def metrics_rows(trainer) -> int | None:
+    """Rows in the run's ``metrics.csv`` (``None`` without a CSV logger)."""
+    writers = [lg.experiment for lg in trainer.loggers if isinstance(started_experiment(lg), RunMetricsWriter)]
+    return writers[0].rows() if writers else None
+
+
+def truncate_metrics(trainer, rows: int | None) -> None:
+    """Drop the rows a resumed checkpoint did not see (visits after it are trained and logged again)."""
+    if rows is None:
+        return
+    for logger in trainer.loggers:
+        if isinstance(started_experiment(logger), RunMetricsWriter):
+            logger.experiment.truncate(rows)

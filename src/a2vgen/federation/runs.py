@@ -20,10 +20,25 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 
 from a2vgen.errors import UserError
 from a2vgen.federation.metrics_file import RunMetricsWriter
+from a2vgen.lightning_adapter import (
+    set_logger_version,
+    started_experiment,
+    use_experiment,
+    wandb_init_args,
+    wandb_offline,
+    wandb_run_id,
+)
 
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoint subfolder
+
+
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run folder of a checkpoint file in a run's ``checkpoints/`` (``None`` for a file elsewhere)."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
 
 
 def run_root(logger: Logger) -> Path | None:
@@ -46,31 +61,33 @@ def run_dir(logger: Logger) -> Path | None:
 def prepare_logger(logger: Logger) -> None:
     """Give a W&B logger its run id now (its run folder is known before training), fall back to offline
     when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv`` on resume."""
-    if isinstance(logger, WandbLogger) and logger._experiment is None:
-        if logger._id is None:  # a W&B-style run id: 8 lowercase letters and digits
+    if isinstance(logger, WandbLogger) and started_experiment(logger) is None:
+        if wandb_run_id(logger) is None:  # a W&B-style run id: 8 lowercase letters and digits
             set_version(logger, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
         _offline_without_network(logger)
 
 
 def install_metrics_writer(logger: Logger) -> None:
     """Use :class:`RunMetricsWriter` for a CSV logger whose writer does not exist yet."""
-    if isinstance(logger, CSVLogger) and logger._experiment is None:
+    if isinstance(logger, CSVLogger) and started_experiment(logger) is None:
         os.makedirs(logger.root_dir, exist_ok=True)
-        logger._experiment = RunMetricsWriter(logger.log_dir)
+        use_experiment(logger, RunMetricsWriter(logger.log_dir))
 
 
 def set_version(logger: Logger, version: str) -> None:
     """Point ``logger`` at the run folder ``version`` (before it wrote anything)."""
     if isinstance(logger, WandbLogger):
-        logger._id = logger._wandb_init["id"] = version
+        set_logger_version(logger, version)
     elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
-        logger._version = int(version[len("version_") :]) if re.fullmatch(r"version_\d+", version) else version
+        set_logger_version(
+            logger, int(version[len("version_") :]) if re.fullmatch(r"version_\d+", version) else version
+        )
 
 
 def newest_run(root: Path) -> Path | None:
     """The most recently written run under ``root`` that holds checkpoints."""
-    runs = [p.parent.parent for p in root.glob("*/checkpoints/*.ckpt")]
-    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / "checkpoints").glob("*.ckpt")), default=None)
+    runs = [run_of_checkpoint(p) for p in root.glob(f"*/{CHECKPOINTS}/*.ckpt")]
+    return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / CHECKPOINTS).glob("*.ckpt")), default=None)
 
 
 def readable(path: Path) -> bool:
@@ -111,9 +128,9 @@ def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | 
                 "drop --ckpt_path to start a new run, or give a run folder or checkpoint file"
             )
     elif path.is_dir():
-        run = path.parent if path.name == "checkpoints" else path
+        run = path.parent if path.name == CHECKPOINTS else path
     elif path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        run = run_of_checkpoint(path)
         if run is not None and _same(run.parent, root):
             set_version(logger, run.name)
             log.info("resuming run %s from %s", run, path)
@@ -122,7 +139,7 @@ def resolve_resume(ckpt_path: str, logger: Logger | None, checkpoint_dir: str | 
         return path
     else:
         raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file or run folder")
-    ckpt = resume_checkpoint(run / "checkpoints")
+    ckpt = resume_checkpoint(run / CHECKPOINTS)
     if _same(run.parent, root):
         set_version(logger, run.name)
     log.info("resuming run %s from %s", run, ckpt.name)
@@ -135,15 +152,15 @@ def _same(folder: Path, root: Path | None) -> bool:
 
 def _offline_without_network(logger: WandbLogger, timeout: float = 5.0) -> None:
     """Switch an online W&B logger to offline (with a warning) when its server does not answer."""
-    mode = (logger._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online").lower()
-    if logger._offline or mode in ("offline", "dryrun", "disabled"):
+    mode = (wandb_init_args(logger).get("mode") or os.environ.get("WANDB_MODE") or "online").lower()
+    if wandb_offline(logger) or mode in ("offline", "dryrun", "disabled"):
         return
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as err:
-        logger._wandb_init["mode"] = "offline"
+        wandb_init_args(logger)["mode"] = "offline"
         log.warning(
             "W&B server %s unreachable (%s): logging offline to %s; upload later with `wandb sync`, "
             "or set WANDB_MODE=offline to skip this check",

@@ -1,4 +1,9 @@
-"""Who owns which generators: one shared set, or one set per client swapped in by reference."""
+"""Who owns which generators: one shared set, or one set per client swapped in by reference.
+
+Owners are named by client id, the server by ``None`` (:data:`SERVER`). :meth:`owners` lists every bank
+there is, :meth:`results` the banks that hold what the run trained (the server's when shared or averaged,
+else each client's): evaluation, exports and the checkpoint reader ask these instead of deciding again.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import BaseGeneratorModule
 
 log = logging.getLogger(__name__)
+
+SERVER = None  # the owner id of the server's bank
+Owner = str | None
 
 
 class SharedGenerators:
@@ -27,7 +35,14 @@ class SharedGenerators:
         """Nothing to swap back: the server's bank never left."""
 
     def banks(self) -> dict[str, GeneratorBank]:
+        """The clients' own banks: none."""
         return {}
+
+    def owners(self) -> dict[Owner, GeneratorBank]:
+        return {SERVER: self.module.bank}
+
+    def results(self) -> dict[Owner, GeneratorBank]:
+        return self.owners()
 
     def state_dict(self) -> dict:
         return {}
@@ -41,11 +56,18 @@ class IndependentGenerators:
 
     A visit swaps the client's bank into the module and its optimizer into the Trainer, by reference;
     afterwards the server's bank and optimizer are put back, so the module's own state dict always has
-    the server's layout (with ``fedavg``, the server bank holds the latest averages).
+    the server's layout (with ``fedavg``, ``averaged``, the server bank holds the latest averages).
     """
 
-    def __init__(self, module: BaseGeneratorModule, trainer: Trainer, client_keys: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        module: BaseGeneratorModule,
+        trainer: Trainer,
+        client_keys: dict[str, list[str]],
+        averaged: bool = False,
+    ) -> None:
         self.module = module
+        self.averaged = averaged
         self.trainer = trainer
         self.server_bank = module.bank
         self.server_optimizers = list(trainer.strategy.optimizers)
@@ -66,7 +88,14 @@ class IndependentGenerators:
         self.trainer.strategy.optimizers = self.server_optimizers
 
     def banks(self) -> dict[str, GeneratorBank]:
+        """The clients' own banks, by client id."""
         return self.client_banks
+
+    def owners(self) -> dict[Owner, GeneratorBank]:
+        return {SERVER: self.server_bank, **self.client_banks}
+
+    def results(self) -> dict[Owner, GeneratorBank]:
+        return {SERVER: self.server_bank} if self.averaged else dict(self.client_banks)
 
     def state_dict(self) -> dict:
         return {
@@ -82,3 +111,14 @@ class IndependentGenerators:
         for cid, bank in self.client_banks.items():
             bank.load_state_dict(state["banks"][cid])
             self.optimizers[cid].load_state_dict(state["optimizers"][cid])
+
+
+def stored_client_banks(module: BaseGeneratorModule, state: dict) -> dict[str, GeneratorBank]:
+    """The clients' banks from :meth:`IndependentGenerators.state_dict`'s dict (empty for shared state), in
+    eval mode: what an offline tool needs of a checkpoint (no optimizers, no trainer)."""
+    banks = {}
+    for cid, keys in state.get("keys", {}).items():
+        bank = module.build_bank(keys)
+        bank.load_state_dict(state["banks"][cid])
+        banks[cid] = bank.eval()
+    return banks

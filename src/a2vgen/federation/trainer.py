@@ -1,4 +1,8 @@
-"""A Trainer whose fit is a federation: its own arguments are the federation options."""
+"""A Trainer whose fit is a federation: its own arguments are the federation options.
+
+:class:`FederatedTrainerBase` adds no callbacks of its own; :class:`a2vgen.trainer.FederatedTrainer` (the one
+``a2vgen fit`` builds) adds a2vgen's default checkpointing, progress bar and sample writer on top.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,8 @@ from typing import Literal
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from a2vgen.callbacks.checkpoint import RoundCheckpoint
-from a2vgen.callbacks.progress import FederatedProgressBar
-from a2vgen.callbacks.samples import SampleWriter
 from a2vgen.errors import UserError
 from a2vgen.federation.checkpoint_io import LocalCheckpointIO
 from a2vgen.federation.compat import check_checkpoint
@@ -26,6 +26,7 @@ from a2vgen.federation.runs import (
     prepare_logger,
     resolve_resume,
     run_dir,
+    run_of_checkpoint,
     run_root,
     set_version,
 )
@@ -49,7 +50,7 @@ def refuse_epoch_options(kwargs: dict) -> None:
             raise UserError(f"trainer.{name}={kwargs[name]!r} has no meaning in a federated fit: set {instead}")
 
 
-class FederatedTrainer(Trainer):
+class FederatedTrainerBase(Trainer):
     """``lightning.Trainer`` plus federation options; ``fit`` runs :class:`FederatedFitLoop`.
 
     Args:
@@ -64,9 +65,9 @@ class FederatedTrainer(Trainer):
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
-        callbacks: Lightning callbacks (a2vgen adds checkpointing, progress and sample writing unless given).
-        enable_checkpointing: add a :class:`~a2vgen.callbacks.RoundCheckpoint` unless one is configured.
-        enable_progress_bar: add a :class:`~a2vgen.callbacks.progress.FederatedProgressBar` unless one is.
+        callbacks: Lightning callbacks, completed by :meth:`default_callbacks`.
+        enable_checkpointing: passed to :meth:`default_callbacks` (and to Lightning).
+        enable_progress_bar: passed to :meth:`default_callbacks` (and to Lightning).
         **kwargs: ``lightning.Trainer`` arguments. Multi-device strategies are not supported yet. Checkpoints
             are written by :class:`~a2vgen.federation.checkpoint_io.LocalCheckpointIO` unless ``plugins``
             holds a ``CheckpointIO``. In federated terms: ``fast_dev_run=n`` runs one round, one local epoch
@@ -97,13 +98,7 @@ class FederatedTrainer(Trainer):
         callbacks = (
             [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         )
-        callbacks = _last_round_checkpoint_wins(callbacks)
-        if enable_checkpointing and not any(isinstance(c, Checkpoint) for c in callbacks):
-            callbacks.append(RoundCheckpoint())
-        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(FederatedProgressBar())
-        if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
-            callbacks.append(SampleWriter())
+        callbacks = self.default_callbacks(callbacks, enable_checkpointing, enable_progress_bar)
         plugins = kwargs.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -139,6 +134,16 @@ class FederatedTrainer(Trainer):
         self.server = DiffusionServer(generator_only, pipeline, pipeline_dtype)
         self.fit_loop = FederatedFitLoop(self, self.federation, self.server)
 
+    def default_callbacks(
+        self, callbacks: list[Callback], enable_checkpointing: bool, enable_progress_bar: bool
+    ) -> list[Callback]:
+        """The configured ``callbacks`` completed with defaults (here: none; called before Lightning's init)."""
+        return callbacks
+
+    def checkpoint_dir(self) -> str | None:
+        """The fixed folder checkpoints go to, where ``--ckpt_path last`` looks (``None``: the run folders)."""
+        return getattr(self.checkpoint_callback, "dirpath", None)
+
     @property
     def log_dir(self) -> str | None:
         """The run folder (``<save_dir>/<name>/<version>`` for every logger, W&B included)."""
@@ -161,8 +166,8 @@ class FederatedTrainer(Trainer):
         A run that fails before writing metrics or checkpoints (e.g. a config error) leaves no folder behind.
         """
         if ckpt_path is not None:
-            fixed = next((c.dirpath for c in self.callbacks if isinstance(c, RoundCheckpoint) and c.dirpath), None)
-            ckpt_path = str(resolve_resume(str(ckpt_path), self.loggers[0] if self.loggers else None, fixed))
+            logger = self.loggers[0] if self.loggers else None
+            ckpt_path = str(resolve_resume(str(ckpt_path), logger, self.checkpoint_dir()))
             check_checkpoint(model, ckpt_path, resuming=True)
         folder = Path(self.log_dir) if self.loggers and self.log_dir else None
         existed = folder is not None and folder.exists()
@@ -200,28 +205,15 @@ class FederatedTrainer(Trainer):
         if ckpt_path is not None and Path(ckpt_path).is_file():
             if model is not None:
                 check_checkpoint(model, ckpt_path, resuming=False)
-            run = Path(ckpt_path).parent.parent
+            run = run_of_checkpoint(ckpt_path)
             root = run_root(self.loggers[0]) if self.loggers else None
-            if (
-                root is not None
-                and Path(ckpt_path).parent.name == "checkpoints"
-                and run.parent.resolve() == root.resolve()
-            ):
+            if root is not None and run is not None and run.parent.resolve() == root.resolve():
                 set_version(self.loggers[0], run.name)
         self._install_metrics_writers()
 
     def _install_metrics_writers(self) -> None:
         for logger in self.loggers:
             install_metrics_writer(logger)
-
-
-def _last_round_checkpoint_wins(callbacks: list[Callback]) -> list[Callback]:
-    """Keep only the last :class:`RoundCheckpoint` of the list: a preset added with ``callbacks+=`` replaces
-    the config's own instead of clashing with it."""
-    rounds = [c for c in callbacks if isinstance(c, RoundCheckpoint)]
-    if len(rounds) > 1:
-        log.info("%d RoundCheckpoint callbacks configured: using the last one", len(rounds))
-    return [c for c in callbacks if not isinstance(c, RoundCheckpoint) or c is rounds[-1]]
 
 
 def _holds_only_config(folder: Path) -> bool:

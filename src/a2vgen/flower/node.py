@@ -87,7 +87,8 @@ class NodeVisitLoop(FederatedFitLoop):
             self.generators = SharedGenerators(module, self.trainer)
         else:
             keys = module.keys_for(self.spec.all_classes)
-            self.generators = IndependentGenerators(module, self.trainer, {self.client: keys})
+            averaged = not self.config.per_client_results
+            self.generators = IndependentGenerators(module, self.trainer, {self.client: keys}, averaged)
 
     @property
     def spec(self):

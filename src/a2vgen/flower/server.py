@@ -119,10 +119,9 @@ class FlowerFitLoop(FederatedFitLoop):
         self.settings = settings
         self.node_rounds: dict[str, int] = {}
 
-    def run(self) -> None:
-        if not self.skip:
-            self.link.discover([spec.id for spec in self.datamodule.clients])
-        super().run()
+    def prepare(self) -> None:
+        self.link.discover([spec.id for spec in self.datamodule.clients])
+        super().prepare()
 
     @property
     def run_key(self) -> str:
@@ -214,8 +213,8 @@ class FlowerFitLoop(FederatedFitLoop):
         return bank, optimizer, stats, resets
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self) -> dict:
-        return {**super().on_save_checkpoint(), "node_rounds": dict(self.node_rounds)}
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "node_rounds": dict(self.node_rounds)}
 
     def _restore(self, state: dict) -> None:
         super()._restore(state)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+ADAPTER_KEY = "__adapter__"  # the audio→prompt adapter's name where generator keys are listed (stats, seeds)
 
 
 class GeneratorSlot(nn.Module):
@@ -23,6 +25,12 @@ class GeneratorSlot(nn.Module):
         self.register_buffer("age", torch.zeros((), dtype=torch.long))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("wiped", torch.zeros(num_classes, dtype=torch.bool))
+
+    def seen_classes(self, classes: Sequence[str], wiped: bool = False) -> list[str]:
+        """The names in ``classes`` (the module's class list) of the classes this generator trained on
+        since it was built or last reset (with ``wiped``: also before its resets)."""
+        seen = self.seen | self.wiped if wiped else self.seen
+        return [c for c, s in zip(classes, seen.tolist()) if s]
 
 
 class GeneratorBank(nn.Module):

@@ -1,41 +1,39 @@
-"""The base LightningModule that owns and trains a bank of keyed generators."""
+"""The base LightningModule that owns and trains a bank of keyed generators: construction, subclass hooks,
+checkpoint metadata."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
-from collections.abc import Iterable
 from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from a2vgen.modules.bank import GeneratorBank, GeneratorSlot
+from a2vgen.modules.bank import ADAPTER_KEY
+from a2vgen.modules.keyed import KeyedGenerators
 from a2vgen.modules.registry import MODULES
+from a2vgen.modules.steps import GeneratorSteps
 from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
 from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
-from a2vgen.nn.protocol import GeneratorNetwork
+from a2vgen.seeding import key_seed
+
+__all__ = ["ADAPTER_KEY", "BaseGeneratorModule", "CheckpointMismatchError", "key_seed"]
 
 log = logging.getLogger(__name__)
-
-ADAPTER_KEY = "__adapter__"
-
-
-def key_seed(seed: int, key: str) -> int:
-    """A seed derived from the run seed and a generator key only (not from other keys or their order)."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written by an incompatible configuration."""
 
 
-class BaseGeneratorModule(LightningModule):
+class BaseGeneratorModule(KeyedGenerators, GeneratorSteps, LightningModule):
     """Keyed conditional generators of audio embeddings, trained with one AdamW optimizer.
+
+    This file holds the construction, the hooks a subclass overrides and the checkpoint metadata; the keys,
+    banks and per-class buffers are in :class:`~a2vgen.modules.keyed.KeyedGenerators`, the training,
+    evaluation and prediction steps in :class:`~a2vgen.modules.steps.GeneratorSteps`.
 
     Subclasses choose the granularity by implementing :meth:`configure_keys` (class → key). A new
     generator type overrides :meth:`build_network` (the network of one key) and/or :meth:`compute_loss`
@@ -198,319 +196,6 @@ class BaseGeneratorModule(LightningModule):
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / target[0].numel()
         return parts
-
-    # ------------------------------------------------------------------ keys and banks
-    def generator_key(self, class_name: str) -> str:
-        """The key of the generator that trains ``class_name``."""
-        try:
-            return self.class_to_key[class_name]
-        except KeyError:
-            raise KeyError(f"unknown class {class_name!r}; available classes: {self.classes}") from None
-
-    def keys_for(self, classes: Iterable[str]) -> list[str]:
-        """Keys of the generators training ``classes``, in the module's key order."""
-        wanted = {self.generator_key(c) for c in classes}
-        return [k for k in self.generator_keys if k in wanted]
-
-    def build_slot(self, key: str) -> GeneratorSlot:
-        """A freshly initialised generator for ``key``: same weights whenever it is built."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key_seed(self.hparams.seed, key))
-            net = self.build_network(key)
-        if not isinstance(net, GeneratorNetwork):
-            raise TypeError(
-                f"{type(self).__name__}.build_network({key!r}) returned a {type(net).__name__} without `config` "
-                "and `sample`: see a2vgen.nn.protocol.GeneratorNetwork"
-            )
-        if self.hparams.objective != "original" and hasattr(net, "set_statistics"):
-            net.set_statistics(*self.key_statistics(key), self.class_cond_tensors())
-        return GeneratorSlot(net, len(self.classes))
-
-    def key_statistics(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std ``[L, D]`` of the training audio of the classes that ``key`` serves (pooled by
-        sample count); ``(0, 1)`` when no statistics were given."""
-        members = torch.tensor([self.class_to_key[c] == key for c in self.classes])
-        count = self.audio_count * members
-        if not bool(count.sum() > 0):
-            return torch.zeros(self.audio_shape), torch.ones(self.audio_shape)
-        w = (count / count.sum()).double().view(-1, 1, 1)
-        mean = (w * self.audio_mean.double()).sum(0)
-        var = (w * (self.audio_var.double() + (self.audio_mean.double() - mean).square())).sum(0)
-        return mean.float(), var.sqrt().float()
-
-    def build_bank(self, keys: list[str]) -> GeneratorBank:
-        """A bank of fresh generators for ``keys`` (all of them for shared training, or a client's)."""
-        unknown = [k for k in keys if k not in self.generator_keys]
-        if unknown:
-            raise KeyError(f"unknown generator keys {unknown}; this module has {self.generator_keys}")
-        class_keys = [self.class_to_key[c] for c in self.classes]
-        adapter = None
-        if self.hparams.train_adapter:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key_seed(self.hparams.seed, ADAPTER_KEY))
-                adapter = self.build_adapter()
-        return GeneratorBank(keys, [self.build_slot(k) for k in keys], class_keys, adapter)
-
-    def build_banks(self, keys_per_owner: dict[str, list[str]]) -> dict[str, GeneratorBank]:
-        """Fresh banks for many owners (independent clients), each holding its own copy of its keys.
-
-        Every key is built once and deep-copied: the weights equal a build per owner (a key's seed
-        depends on the key alone) without paying the random initialisation per owner.
-        """
-        needed = list(dict.fromkeys(k for keys in keys_per_owner.values() for k in keys))
-        template = self.build_bank(needed)
-        class_keys = [self.class_to_key[c] for c in self.classes]
-        return {
-            owner: GeneratorBank(
-                keys, [copy.deepcopy(template[k]) for k in keys], class_keys, copy.deepcopy(template.adapter)
-            )
-            for owner, keys in keys_per_owner.items()
-        }
-
-    def adapt(self, audio: torch.Tensor) -> list[torch.Tensor]:
-        """Prompt embeddings for audio embeddings ``[B, L, D_a]`` through the current bank's adapter."""
-        if self.bank.adapter is None:
-            raise RuntimeError("this module trains no adapter: set model.train_adapter (full mode)")
-        return self.bank.adapter(audio)
-
-    def seen_classes(self, key: str, wiped: bool = False) -> list[str]:
-        """Classes whose samples generator ``key`` trained on since it was built or last reset (with
-        ``wiped``: also before its resets)."""
-        slot = self.bank[key]
-        seen = slot.seen | slot.wiped if wiped else slot.seen
-        return [c for c, s in zip(self.classes, seen.tolist()) if s]
-
-    def reset_generators(self, keys: Iterable[str]) -> list[str]:
-        """Re-initialise ``keys`` exactly as at construction and drop their optimizer state.
-
-        Weights come from the key's own seed, age and seen classes are cleared, and the Adam moments and
-        step counts of these parameters are removed from every optimizer the Trainer steps, so their
-        next step starts like a fresh optimizer's. Other keys are not touched.
-        """
-        keys = list(keys)
-        for key in keys:
-            slot = self.bank[key]
-            fresh = self.build_slot(key).state_dict()
-            wiped = slot.seen | slot.wiped
-            with torch.no_grad():
-                for name, tensor in slot.state_dict().items():
-                    tensor.copy_(fresh[name])
-                slot.wiped.copy_(wiped)
-            params = set(slot.parameters())
-            for optimizer in self._trainer.optimizers if self._trainer is not None else []:
-                for p in params:
-                    optimizer.state.pop(p, None)
-        return keys
-
-    # ------------------------------------------------------------------ conditioning and statistics buffers
-    def _register_audio_stats(self, audio_stats: list[torch.Tensor] | None) -> None:
-        num, shape = len(self.classes), self.audio_shape
-        if audio_stats is None:
-            audio_stats = [torch.zeros(num), torch.zeros(num, *shape), torch.ones(num, *shape)]
-        count, mean, var = (t.detach().float() for t in audio_stats)
-        if list(count.shape) != [num] or list(mean.shape) != [num, *shape] or list(var.shape) != [num, *shape]:
-            raise ValueError(
-                f"audio_stats must be [count [{num}], mean {[num, *shape]}, var {[num, *shape]}], got "
-                f"{[list(t.shape) for t in audio_stats]}"
-            )
-        self.register_buffer("audio_count", count)
-        self.register_buffer("audio_mean", mean)
-        self.register_buffer("audio_var", var)
-
-    def class_cond_tensors(self) -> list[torch.Tensor]:
-        """The stored conditioning of every class, ``[C, *shape]`` per conditioning tensor."""
-        return [getattr(self, f"class_cond_{i}") for i in range(len(self.cond_shapes))]
-
-    def _register_class_cond(self, class_cond: list[torch.Tensor] | None) -> None:
-        num = len(self.classes)
-        for i, shape in enumerate(self.cond_shapes):
-            if class_cond is not None:
-                tensor = class_cond[i].detach().float()
-                if list(tensor.shape) != [num, *shape]:
-                    raise ValueError(f"class_cond[{i}] has shape {list(tensor.shape)}, expected {[num, *shape]}")
-            else:
-                tensor = torch.zeros(num, *shape)
-            self.register_buffer(f"class_cond_{i}", tensor)
-
-    def class_condition(self, class_name: str) -> list[torch.Tensor]:
-        """The stored conditioning of ``class_name``, each tensor with a leading batch axis of 1."""
-        self.generator_key(class_name)  # raises, naming the available classes
-        idx = self.classes.index(class_name)
-        return [getattr(self, f"class_cond_{i}")[idx : idx + 1] for i in range(len(self.cond_shapes))]
-
-    @torch.no_grad()
-    def sample(
-        self,
-        class_name: str,
-        n: int,
-        cond: list[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """``n`` synthetic embeddings ``[n, L, D_a]`` of ``class_name`` (conditioning: stored or ``cond``)."""
-        net = self.bank[self.generator_key(class_name)].net
-        if cond is None and self.cond_shapes:
-            cond = self.class_condition(class_name)
-        return net.sample(n, cond, generator=generator)
-
-    # ------------------------------------------------------------------ training
-    def _check_shapes(self, batch: dict) -> None:
-        audio, cond = batch["audio"], batch["cond"]
-        if list(audio.shape[1:]) != self.audio_shape:
-            raise ValueError(f"audio embeddings have shape {list(audio.shape[1:])}, module expects {self.audio_shape}")
-        if [list(c.shape[1:]) for c in cond] != self.cond_shapes:
-            raise ValueError(
-                f"conditioning shapes {[list(c.shape[1:]) for c in cond]} do not match the module's {self.cond_shapes}"
-            )
-
-    def _check_finite(self, batch: dict) -> None:
-        """Name the first sample with NaN/Inf input (called when a loss is not finite: checking every
-        batch would cost ~7% of a step, and data sources already validate what they load)."""
-        audio, index = batch["audio"], batch.get("cond_index")
-        cond = batch["cond"] if index is None else [c[index] for c in batch["cond"]]
-        for name, tensor in [("audio", audio), *((f"cond.{i}", c) for i, c in enumerate(cond))]:
-            finite = torch.isfinite(tensor.flatten(1)).all(dim=1)
-            if not bool(finite.all()):
-                bad = int((~finite).nonzero()[0])
-                sample = int(batch["index"][bad]) if "index" in batch else bad
-                raise ValueError(
-                    f"NaN/Inf in '{name}' of sample {sample} (class '{self.classes[int(batch['class_idx'][bad])]}')"
-                )
-
-    def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """Sum over keys of each key's mean loss, and per-key sums of the loss parts."""
-        self._check_shapes(batch)
-        audio, cond, class_idx, cond_index = batch["audio"], batch["cond"], batch["class_idx"], batch.get("cond_index")
-        slot_idx = self.bank.slot_of_class[class_idx]
-        if bool((slot_idx < 0).any()):
-            missing = sorted({self.classes[int(c)] for c in class_idx[slot_idx < 0]})
-            raise ValueError(f"classes {missing} have no generator in the current bank {self.bank.keys}")
-        first = int(slot_idx[0])
-        groups = (
-            [(first, None)] if bool((slot_idx == first).all()) else [(int(s), slot_idx == s) for s in slot_idx.unique()]
-        )
-        total = audio.new_zeros(())
-        stats: dict[str, dict[str, torch.Tensor]] = {}
-        for s, mask in groups:
-            slot = self.bank.slots[s]
-            a = audio if mask is None else audio[mask]
-            if cond_index is not None:  # distinct rows, picked per sample
-                c, ci = cond, (cond_index if mask is None else cond_index[mask])
-            else:
-                c, ci = (cond if mask is None else [t[mask] for t in cond]), None
-            key = self.bank.keys[s]
-            parts = self.compute_loss(slot.net, a, c, slot.age, ci)
-            if "loss" not in parts or "samples" in parts:
-                raise KeyError(
-                    f"{type(self).__name__}.compute_loss must return per-sample parts with 'loss' (and none named "
-                    f"'samples'), got {sorted(parts)} for generator {key!r}"
-                )
-            total = total + parts["loss"].mean()
-            stats[key] = {name: part.detach().sum() for name, part in parts.items()}
-            stats[key]["samples"] = torch.tensor(float(a.shape[0]))
-            if self.training:
-                slot.seen[class_idx if mask is None else class_idx[mask]] = True
-        if self.bank.adapter is not None:
-            mse = sum(
-                (p - t).pow(2).flatten(1).mean(dim=1)
-                for p, t in zip(self.bank.adapter(audio), cond if cond_index is None else [t[cond_index] for t in cond])
-            ) / len(cond)
-            total = total + self.hparams.adapter_weight * mse.mean()
-            stats[ADAPTER_KEY] = {"loss": mse.detach().sum(), "samples": torch.tensor(float(audio.shape[0]))}
-        if not bool(torch.isfinite(total.detach())):
-            self._check_finite(batch)
-            raise FloatingPointError(f"non-finite loss {float(total)} on finite inputs: lower the learning rate?")
-        return total, stats
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, stats = self.shared_step(batch)
-        self._stepped_keys = list(stats)
-        for key, values in stats.items():
-            acc = self._visit_stats.setdefault(key, {})
-            for name, value in values.items():
-                value = value.to(loss.device)
-                acc[name] = acc[name] + value if name in acc else value
-        if (
-            self._trainer is not None and self._trainer.progress_bar_callback is not None
-        ):  # ~1 ms a step: only for a bar
-            self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._epoch_keys.update(self._stepped_keys)
-
-    def on_train_epoch_end(self) -> None:
-        """Age every generator that trained in this local epoch (drives its loss schedule)."""
-        for key in self._epoch_keys - {ADAPTER_KEY}:
-            self.bank[key].age += 1
-        self._epoch_keys.clear()
-
-    def pop_visit_stats(self) -> dict[str, dict[str, float]]:
-        """Mean of every loss part, and the sample count, per key since the last call (one client visit)."""
-        out = {}
-        for key, acc in self._visit_stats.items():
-            values = dict(zip(acc, torch.stack(list(acc.values())).tolist()))
-            n = max(values["samples"], 1.0)
-            out[key] = {k: (v if k == "samples" else v / n) for k, v in values.items()}
-        self._visit_stats = {}
-        return out
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip each generator's gradient norm on its own, so keys sharing a batch do not interact."""
-        clip = self.hparams.grad_clip
-        if not clip:
-            return
-        for key in self._stepped_keys:
-            module = self.bank.adapter if key == ADAPTER_KEY else self.bank[key]
-            params = [p for p in module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            # on CPU the comparison costs nothing and skips a pass over the gradients when within the limit
-            if norm.device.type != "cpu" or norm > clip:
-                torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.build_optimizer(self.bank)
-
-    def build_optimizer(self, bank: GeneratorBank) -> torch.optim.Optimizer:
-        """AdamW over ``bank`` (fused where the device supports it: ~2x faster on CPU)."""
-        params = list(bank.parameters())
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
-
-    # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: dict, stage: str, dataloader_idx: int = 0) -> torch.Tensor:
-        loss, stats = self.shared_step(batch)
-        n = batch["audio"].shape[0]
-        for key, values in stats.items():
-            count = float(values.pop("samples"))
-            for part, value in values.items():
-                self.log(
-                    f"{stage}/{key}/{part}",
-                    value / count,
-                    batch_size=int(count),
-                    add_dataloader_idx=True,
-                )
-        self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, add_dataloader_idx=True)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self._eval_step(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self._eval_step(batch, "test", dataloader_idx)
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        """Sample one batch of requests (``class_idx`` and ``cond`` per sample) from their generators."""
-        class_idx, cond, cond_index = batch["class_idx"], batch["cond"], batch.get("cond_index")
-        slot_idx = self.bank.slot_of_class[class_idx]
-        audio = torch.empty(len(class_idx), *self.audio_shape, device=class_idx.device)
-        for s in slot_idx.unique().tolist():
-            mask = slot_idx == s
-            net = self.bank.slots[s].net
-            if cond_index is None:
-                audio[mask] = net.sample(int(mask.sum()), [c[mask] for c in cond])
-            else:
-                audio[mask] = net.sample(int(mask.sum()), cond, cond_index=cond_index[mask])
-        return {"audio": audio, "class_idx": class_idx}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_metadata(self) -> dict:
