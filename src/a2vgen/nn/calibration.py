@@ -160,8 +160,8 @@ class SamplingCalibration(nn.Module):
     def update(self, rows: torch.Tensor, data: torch.Tensor, momentum: float) -> None:
         """Move every row present in ``rows`` (``[B]``, with at least two samples) ``momentum`` of the way
         towards the statistics of its samples in ``data`` ``[B, L, D]``."""
-        with one_thread():
-            labels, counts, mean, var, factor = group_factors(data.flatten(1), rows)
+        with one_thread(), torch.autocast(data.device.type, enabled=False):  # statistics in full precision
+            labels, counts, mean, var, factor = group_factors(data.flatten(1).to(self.data_mean.dtype), rows)
             use = (labels >= 0) & (counts >= 2)
             if not bool(use.any()):
                 return
@@ -218,14 +218,14 @@ class SamplingCalibration(nn.Module):
         n, flat = decoded.shape[0], decoded[0].numel()
         if not self.calibrated:
             return decoded
-        with one_thread():
-            out = decoded.flatten(1).clone()
+        with one_thread(), torch.autocast(decoded.device.type, enabled=False):
+            out = decoded.flatten(1).to(self.data_mean.dtype, copy=True)
             noise = torch.randn(n, flat, generator=generator, device=out.device)
             rank = self.data_basis.shape[1]
             weights = torch.randn(n, rank, generator=generator, device=out.device) if rank else None
             for row in rows.unique().tolist():
                 pick = rows == row
-                reference = references[row].flatten(1)
+                reference = references[row].flatten(1).to(out.dtype)
                 _, _, ref_mean, ref_var, ref_factor = group_factors(reference, rows.new_zeros(reference.shape[0]))
                 if row < 0:
                     var = self.data_var.sum(0) / self.mass.sum()
@@ -242,4 +242,4 @@ class SamplingCalibration(nn.Module):
                     rest = rest - gap.square().sum(0)
                     out[pick] += weights[pick] @ gap
                 out[pick] += noise[pick] * rest.clamp_min(0).sqrt()
-            return out.view_as(decoded)
+            return out.view_as(decoded).to(decoded.dtype)
