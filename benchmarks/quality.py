@@ -134,13 +134,13 @@ def real_sets(dm, classes: list[str]):
     return {cls: pick(train_idx, cls) for cls in classes}, {cls: pick(held_idx, cls) for cls in classes}
 
 
-def score_module(module, dm, classes: list[str], num_samples: int = 64) -> dict:
+def score_module(module, dm, classes: list[str], num_samples: int = 64, seed: int = 0) -> dict:
     import torch
 
     from a2vgen.metrics.quality import evaluate_classes
 
     train, held = real_sets(dm, classes)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     module.eval()
     try:
         return evaluate_classes(train, held, lambda cls, n: module.sample(cls, n, generator=gen), num_samples)
@@ -159,15 +159,25 @@ def score_references(dm, classes: list[str], num_samples: int = 64) -> dict[str,
     }
 
 
-def incremental_ratio(history: dict) -> float | None:
-    """Worst ratio, over classes present before a later class arrived, of the final FD ratio to the
-    FD ratio at the end of the round before the last new class arrived (round 4)."""
-    ratios = []
-    for points in history.values():
+def incremental_ratio(history: dict) -> dict[str, float] | None:
+    """Over classes present before a later class arrived: the worst and the mean ratio of the final FD
+    ratio to the FD ratio at the end of the round before the last new class arrived (round 4)."""
+    ratios = {}
+    for cls, points in history.items():
         before = dict(points).get(4)
         if before is not None:
-            ratios.append(points[-1][1] / max(before, 1e-12))
-    return max(ratios) if ratios else None
+            ratios[cls] = points[-1][1] / max(before, 1e-12)
+    if not ratios:
+        return None
+    return {"worst": max(ratios.values()), "mean": sum(ratios.values()) / len(ratios), "classes": sorted(ratios)}
+
+
+def sampling_noise(module, dm, classes: list[str]) -> dict[str, float]:
+    """The same statistics for the final generator scored twice with different sampling seeds: what the
+    incremental ratios read when nothing changed (per-class FD ratios from 16 held-out clips are noisy)."""
+    first, second = score_module(module, dm, classes, seed=0), score_module(module, dm, classes, seed=1)
+    ratios = [second[c]["fd_ratio"] / max(first[c]["fd_ratio"], 1e-12) for c in classes]
+    return {"worst": max(ratios), "mean": sum(ratios) / len(ratios)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([run, *(summary.get(k) for k in COLUMNS), seconds])
                 per_class_rows += [[run, cls, *(s.get(k) for k in COLUMNS)] for cls, s in scores.items()]
                 if tracker is not None:
-                    incremental[run] = incremental_ratio(tracker.history)
+                    ratios = incremental_ratio(tracker.history)
+                    if ratios is not None:
+                        incremental[run] = (ratios, sampling_noise(module, dm, ratios["classes"]))
             for ref, scores in score_references(dm, dm.classes).items():
                 summary = summarize(scores)
                 rows.append([f"reference: {ref}", *(summary.get(k) for k in COLUMNS), 0.0])
@@ -208,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.per_class:
             c.print_table(f"per class: {name}", ["run", "class", *COLUMNS], per_class_rows)
-        for run, ratio in incremental.items():
-            print(f"{name} {run}: worst old-class FD ratio after the last new class / before = {ratio}")
-    print(f"targets: {TARGETS}; class-incremental ≤ 1.2")
+        for run, (ratios, noise) in incremental.items():
+            print(
+                f"{name} {run}: old classes' FD ratio after the last new class / before: worst {ratios['worst']:.2f}, "
+                f"mean {ratios['mean']:.2f}; the same generator under two sampling seeds (noise): worst "
+                f"{noise['worst']:.2f}, mean {noise['mean']:.2f}"
+            )
+    print(f"targets: {TARGETS}; class-incremental ≤ 1.2 (judge it beside the noise)")
     print(f"quality benchmark: {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -4,7 +4,7 @@ import torch
 
 from a2vgen.federation.aggregation import weighted_average
 from a2vgen.nn import ConditionalVAE
-from a2vgen.nn.calibration import covariance_gap_basis, group_factors, low_rank_ema
+from a2vgen.nn.calibration import SamplingCalibration, covariance_gap_basis, group_factors, low_rank_ema
 
 
 def test_group_factors_give_each_groups_mean_and_covariance():
@@ -122,3 +122,18 @@ def test_fedavg_averages_each_class_over_the_copies_that_saw_it():
         top = torch.linalg.eigvalsh(covariance.double()).flip(0)[:3]
         assert torch.allclose(top, torch.linalg.eigvalsh(true.double()).flip(0)[:3], rtol=0.3), top
         assert cal.fresh.sum() == 0
+
+
+def test_fedavg_of_many_copies_each_holding_one_class():
+    """Ten copies, each calibrated on its own class only: every row of the average is its one copy's
+    (the joined factors are mostly zero, which float32 eigendecompositions failed on)."""
+    g = torch.Generator().manual_seed(0)
+    copies = [SamplingCalibration((4, 16), rows=10, rank=4) for _ in range(10)]
+    for row, cal in enumerate(copies):
+        cal.update(torch.full((8,), row), torch.randn(8, 4, 16, generator=g), momentum=0.1)
+    state = copies[0].average_state([(cal, 1.0) for cal in copies])
+    for row, cal in enumerate(copies):
+        mine = cal.data_basis[row].T @ cal.data_basis[row]
+        averaged = state["data_basis"][row].T @ state["data_basis"][row]
+        assert torch.allclose(averaged, mine, atol=1e-5)
+        assert torch.allclose(state["data_mean"][row], cal.data_mean[row])

@@ -42,14 +42,18 @@ def top_positive(factors: torch.Tensor, weights: torch.Tensor, rank: int) -> tor
     ``factorsᵀ factors`` and of the matrix in that span, never with an ``F × F`` matrix or a QR of a
     tall one. Leading dimensions are batched; zero columns (padding) add nothing.
     """
-    gram_values, gram_vectors = torch.linalg.eigh(factors.transpose(-1, -2) @ factors)
+    # the small eigendecompositions in float64: Gram matrices of padded or zero-weight factors have many
+    # repeated zero eigenvalues, on which float32 LAPACK can fail to converge
+    gram_values, gram_vectors = torch.linalg.eigh((factors.transpose(-1, -2) @ factors).double())
     keep = gram_values > gram_values.amax(-1, keepdim=True).clamp_min(1e-30) * 1e-6
     root = torch.where(keep, gram_values.clamp_min(0).sqrt(), 0.0)
     inverse_root = torch.where(keep, 1.0 / root.where(keep, 1.0), 0.0)
     coords = gram_vectors.transpose(-1, -2) * root[..., :, None]  # factors = span @ coords, span orthonormal
-    values, vectors = torch.linalg.eigh((coords * weights[..., None, :]) @ coords.transpose(-1, -2))
+    values, vectors = torch.linalg.eigh((coords * weights.double()[..., None, :]) @ coords.transpose(-1, -2))
     values, vectors = values[..., -rank:].clamp_min(0), vectors[..., -rank:]
-    top = factors @ ((gram_vectors * inverse_root[..., None, :]) @ (vectors * values.sqrt()[..., None, :]))
+    top = factors @ ((gram_vectors * inverse_root[..., None, :]) @ (vectors * values.sqrt()[..., None, :])).to(
+        factors.dtype
+    )
     if top.shape[-1] < rank:  # fewer directions than the rank: pad with zeros
         top = torch.cat([top.new_zeros(*top.shape[:-1], rank - top.shape[-1]), top], dim=-1)
     return top.transpose(-1, -2)

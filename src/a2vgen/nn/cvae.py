@@ -115,7 +115,9 @@ class ConditionalVAE(nn.Module):
         flat = self.audio_shape[0] * self.audio_shape[1]
         self.cond_encoder = ConditionEncoder(cond_shapes, cond_width) if cond_shapes else None
         self.audio_norm = Standardizer(self.audio_shape)
-        self.calibration = SamplingCalibration(self.audio_shape, num_classes, noise_rank, fingerprint_width(cond_shapes))
+        self.calibration = SamplingCalibration(
+            self.audio_shape, num_classes, noise_rank, fingerprint_width(cond_shapes)
+        )
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_var", torch.ones(latent_dim))
         c = cond_width if cond_shapes else 0
