@@ -279,3 +279,14 @@ def test_builtin_network_config_lists_every_constructor_argument_and_rebuilds_it
     rebuilt = cls(**json.loads(json.dumps(net.config)))
     assert rebuilt.config == net.config
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
+def test_export_whose_config_the_network_does_not_take_is_named(tmp_path):
+    path = exported_dog(tmp_path)
+    meta = json.loads(path.read_text())
+    meta["network"]["config"]["pooled"] = True  # an option of an earlier version of the VAE
+    path.write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"dog.json: ConditionalVAE does not take this config .*'pooled'.*another version"
+    ):
+        load_exported(path)

@@ -167,6 +167,12 @@ def test_checkpoint_of_another_configuration_names_the_mismatch(tmp_path):
         CheckpointMismatchError, match=r"audio_shape: checkpoint has \[4, 16\], this module has \[4, 32\]"
     ):
         other_dims.on_load_checkpoint(copy.deepcopy(ckpt))
+    older = copy.deepcopy(ckpt)  # tensors of an earlier version's network: named, not a load_state_dict wall
+    older["state_dict"] = {k.replace("calibration.data_mean", "mean_shift"): v for k, v in ckpt["state_dict"].items()}
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing: \['bank.slots.0.net.calibration.data_mean'.*another version"
+    ):
+        module.on_load_checkpoint(older)
 
 
 def test_bad_batches_are_named():

@@ -224,3 +224,12 @@ class BaseGeneratorModule(KeyedGenerators, GeneratorSteps, LightningModule):
         ]
         if diffs:
             raise CheckpointMismatchError("checkpoint does not match this configuration; " + "; ".join(diffs))
+        stored, expected = set(checkpoint.get("state_dict", {})), set(self.state_dict())
+        if stored != expected:
+            missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+            raise CheckpointMismatchError(
+                f"checkpoint's generator state has other tensors than this module's (missing: {missing[:3]}, "
+                f"unexpected: {unexpected[:3]}; {len(missing)} and {len(unexpected)} in all): it was written by "
+                "another version of a2vgen or another network. Resume it with the version that wrote it, or start "
+                "a new run"
+            )

@@ -70,7 +70,13 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict]:
         cls = GENERATORS.get(name)
     except ValueError as err:
         raise type(err)(f"{meta_path}: {err}") from None
-    net = cls(**config)
+    try:
+        net = cls(**config)
+    except TypeError as err:
+        raise ValueError(
+            f"{meta_path}: {name} does not take this config ({err}): the export was written by another version "
+            "of a2vgen or for another network; load it with the version that wrote it, or export again"
+        ) from None
     tensors = load_file(str(weights_path))
     try:
         net.load_state_dict({k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")})
