@@ -14,7 +14,7 @@ average of clients' decoders, and a generator shared through clients drifts as i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -209,13 +209,13 @@ class SamplingCalibration(nn.Module):
         self,
         rows: torch.Tensor,
         decoded: torch.Tensor,
-        references: dict[int, torch.Tensor],
+        reference: Callable[[int], torch.Tensor],
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Calibrated samples ``[n, L, D]`` from ``decoded`` prior draws ``[n, L, D]`` of ``rows`` (``[n]``).
 
-        ``references`` holds, per row present (``-1`` too), many decoder draws ``[K, L, D]`` with that
-        row's conditioning: what the decoder reproduces of the class. A class's samples are moved to its
+        ``reference(row)`` gives many decoder draws ``[K, L, D]`` with that row's conditioning (``-1`` too):
+        what the decoder reproduces of the class; it is called only for rows that need it. A class's samples are moved to its
         mean and get the covariance gap as noise; samples of other prompts get the diagonal gap to the
         pooled within-class variance. Rows never calibrated are left as decoded.
         """
@@ -228,16 +228,16 @@ class SamplingCalibration(nn.Module):
             rank = self.data_basis.shape[1]
             weights = torch.randn(n, rank, generator=generator, device=out.device) if rank else None
             for row in rows.unique().tolist():
+                if row >= 0 and self.mass[row] <= 0:
+                    continue
                 pick = rows == row
-                reference = references[row].flatten(1).to(out.dtype)
-                _, _, ref_mean, ref_var, ref_factor = group_factors(reference, rows.new_zeros(reference.shape[0]))
+                draws = reference(row).flatten(1).to(out.dtype)
+                _, _, ref_mean, ref_var, ref_factor = group_factors(draws, rows.new_zeros(draws.shape[0]))
                 if row < 0:
                     var = self.data_var.sum(0) / self.mass.sum()
                     out[pick] += noise[pick] * (var - ref_var[0]).clamp_min(0).sqrt()
                     continue
                 mass = self.mass[row]
-                if mass <= 0:
-                    continue
                 rest = self.data_var[row] / mass - ref_var[0]
                 out[pick] += self.data_mean[row] / mass - ref_mean[0]
                 if weights is not None:

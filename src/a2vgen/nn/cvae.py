@@ -250,9 +250,10 @@ class ConditionalVAE(nn.Module):
         out = self.decode(z, c)
         if self.calibration.calibrated:
             rows = self.calibration_rows(cond, n, cond_index)
-            references = {}
-            for row in rows.unique().tolist():
+
+            def reference(row: int) -> torch.Tensor:
                 first = int((rows == row).nonzero()[0])
-                references[row] = self.reference_draws(None if c is None else c[first : first + 1])
-            out = self.calibration.correct(rows, out, references, generator)
+                return self.reference_draws(None if c is None else c[first : first + 1])
+
+            out = self.calibration.correct(rows, out, reference, generator)
         return self.audio_norm.inverse(out)
