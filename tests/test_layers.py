@@ -62,3 +62,8 @@ def test_federation_never_imports_callbacks_and_modules_never_import_data_or_fed
     assert ("federation", "callbacks") not in edges
     assert not {("modules", "data"), ("modules", "federation"), ("modules", "callbacks")} & edges
     assert not any(package == "nn" and target != "nn" for package, target in edges)
+
+
+def test_checkpoint_files_are_read_in_one_place():
+    readers = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if "torch.load(" in p.read_text()]
+    assert readers == ["federation/checkpoint.py"]

@@ -13,7 +13,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -21,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
+from a2vgen.federation.checkpoint import module_class, read_checkpoint
 from a2vgen.federation.runs import run_of_checkpoint
 from a2vgen.lightning_adapter import CheckpointHparamsHook
 from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
@@ -77,8 +77,6 @@ class A2VGenCLI(CheckpointHparamsHook, LightningCLI):
         ``_class_path`` they name): instead the trainer compares them, and the checkpoint's class is checked
         against the module registry here, before anything is imported."""
         if path and Path(path).is_file():
-            from a2vgen.federation.checkpoint import module_class, read_checkpoint
-
             module_class(path, read_checkpoint(path))
 
 
@@ -105,12 +103,7 @@ def config_from_checkpoint(args: list[str]) -> list[str]:
     ckpt = ckpt or next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), None)
     if ckpt is None:
         return args
-    if not os.path.isfile(ckpt):
-        raise UserError(f"checkpoint not found: {ckpt}")
-    try:
-        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(CONFIG_KEY)
-    except Exception as err:
-        raise UserError(f"{ckpt}: not a readable checkpoint ({type(err).__name__})") from err
+    stored = read_checkpoint(ckpt, mmap=True, metadata=False).get(CONFIG_KEY)
     if stored is None:
         raise UserError(f"{ckpt} holds no run config (written before a2vgen stored it): add --config <fit config>")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="a2vgen-ckpt-config-") as file:

@@ -19,18 +19,28 @@ from a2vgen.modules.base import BaseGeneratorModule, CheckpointMismatchError
 from a2vgen.modules.registry import MODULES
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling code; errors name the file and what is wrong."""
+def read_checkpoint(path: str | Path, *, mmap: bool = False, metadata: bool = True) -> dict:
+    """Load a checkpoint with ``weights_only`` (nothing in the file can run code); errors name the file and
+    what is wrong. ``mmap``: tensor data stays on disk until read; ``metadata``: require a2vgen's metadata."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or "a2vgen" not in ckpt:
+    if not isinstance(ckpt, dict) or (metadata and "a2vgen" not in ckpt):
         raise ValueError(f"{path}: not an a2vgen checkpoint (no 'a2vgen' metadata)")
     return ckpt
+
+
+def readable(path: str | Path) -> bool:
+    """Whether ``path`` is a loadable checkpoint (memory-mapped: tensor data is not read)."""
+    try:
+        read_checkpoint(path, mmap=True, metadata=False)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def module_class(path: str | Path, ckpt: dict) -> type[BaseGeneratorModule]:

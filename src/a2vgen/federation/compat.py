@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from a2vgen.errors import UserError
+from a2vgen.federation.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,11 @@ def check_checkpoint(module, ckpt_path: str | Path, resuming: bool) -> None:
     class) must match: otherwise one error names each differing value on both sides. When ``resuming``, a
     changed mutable value is applied and logged; a weights-only round snapshot cannot be resumed from.
     """
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    meta, saved = ckpt.get("a2vgen"), dict(ckpt.get("hyper_parameters", {}))
-    if meta is None:
-        raise UserError(f"{ckpt_path}: not an a2vgen checkpoint (no 'a2vgen' metadata)")
+    try:
+        ckpt = read_checkpoint(ckpt_path, mmap=True)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    meta, saved = ckpt["a2vgen"], dict(ckpt.get("hyper_parameters", {}))
     if resuming and "optimizer_states" not in ckpt:
         raise UserError(
             f"{ckpt_path} is a weights-only round snapshot (no optimizer state): resume from last.ckpt; "

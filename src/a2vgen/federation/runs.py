@@ -15,10 +15,10 @@ import string
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from a2vgen.errors import UserError
+from a2vgen.federation.checkpoint import readable
 from a2vgen.federation.metrics_file import RunMetricsWriter
 from a2vgen.lightning_adapter import (
     set_logger_version,
@@ -88,15 +88,6 @@ def newest_run(root: Path) -> Path | None:
     """The most recently written run under ``root`` that holds checkpoints."""
     runs = [run_of_checkpoint(p) for p in root.glob(f"*/{CHECKPOINTS}/*.ckpt")]
     return max(runs, key=lambda p: max(c.stat().st_mtime for c in (p / CHECKPOINTS).glob("*.ckpt")), default=None)
-
-
-def readable(path: Path) -> bool:
-    """Whether ``path`` is a loadable checkpoint (memory-mapped: tensor data is not read)."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - any failure means: not usable
-        return False
-    return True
 
 
 def resume_checkpoint(folder: Path) -> Path:
