@@ -7,6 +7,7 @@ import torch
 
 from a2vgen.callbacks import ClassChangeResetCallback
 from a2vgen.data.clients import ClientSpec
+from a2vgen.federation import federation_of
 from a2vgen.modules import PerClassGenerator, PerGroupGenerator, UnifiedGenerator
 from conftest import module_for, small_datamodule, small_demo
 from federation_helpers import Recorder, all_equal, federated_fit, weights
@@ -27,11 +28,12 @@ def test_original_note_scenario_resets_what_the_granularity_says(cls, kwargs, ro
     module = module_for(cls, dm, **kwargs)
     reset = ClassChangeResetCallback()
     recorder = Recorder(keys=module.generator_keys)
-    federated_fit(module, dm, callbacks=[reset, recorder], max_rounds=3)
+    trainer = federated_fit(module, dm, callbacks=[reset, recorder], max_rounds=3)
     assert [(e["round"], e["classes"], e["keys"]) for e in reset.events] == [
         (1, ["dog"], [module.generator_key("dog")]),
         (3, ["rooster"], round3_keys),
     ]
+    assert [e.as_dict() for e in federation_of(trainer).resets] == reset.events  # the record other callbacks read
     assert "client 0: new classes ['rooster'] (seen: ['dog']) -> reset generator" in caplog.text
     if cls is PerClassGenerator:  # 'dog' is not touched by the round-3 reset
         before, after = recorder.ends[1]["weights"]["dog"], recorder.starts[2]["weights"]["dog"]

@@ -50,3 +50,4 @@ def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path, shared, cls):
     # the resumed run repeated no reset: its record equals the uninterrupted run's
     assert reset.events == full_reset.events
     assert reset.reset_counts == full_reset.reset_counts
+    assert trainer.fit_loop.resets == full_trainer.fit_loop.resets  # the federation's record, from the checkpoint

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
-from a2vgen.callbacks.reset import ClassChangeResetCallback
-from a2vgen.federation.view import output_path
+from a2vgen.federation.view import federation_of, output_path
 from a2vgen.io import atomic_path
 from a2vgen.metrics import forgetting
 
@@ -107,5 +106,5 @@ class EvaluationOutputs:
 
 
 def reset_events(trainer) -> list[dict]:
-    """Reset events (round, client, classes, keys) recorded by the trainer's reset callbacks."""
-    return [e for c in trainer.callbacks if isinstance(c, ClassChangeResetCallback) for e in c.events]
+    """The run's reset events (round, client, classes, keys, seen), from the federation's record."""
+    return [event.as_dict() for event in federation_of(trainer).resets]

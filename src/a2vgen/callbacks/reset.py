@@ -7,7 +7,7 @@ from typing import Literal
 
 from lightning.pytorch import Callback
 
-from a2vgen.federation.view import federation_of
+from a2vgen.federation.view import ResetEvent, federation_of
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,20 @@ class ClassChangeResetCallback(Callback):
 
     def record(self, trainer, event: dict) -> None:
         """Count, log and report one reset ``event`` (round, client, new classes, reset keys, classes seen
-        before); also used by a server whose resets happen on remote nodes."""
+        before) to the federation's record of resets; also used by a server whose resets happen on remote
+        nodes."""
         cid, new, keys, seen = event["client"], event["classes"], event["keys"], event["seen"]
         for key in keys:
             self.reset_counts[key] = self.reset_counts.get(key, 0) + 1
         self.events.append(dict(event))
+        federation = federation_of(trainer)
+        federation.resets.append(ResetEvent(int(event["round"]), str(cid), list(new), list(keys), list(seen)))
         names = ", ".join(repr(k) for k in keys)
         log.info("client %s: new classes %s (seen: %s) -> reset generator%s %s",
                  cid, new, seen, "s" if len(keys) > 1 else "", names)  # fmt: skip
         metrics = {f"resets/{key}": float(self.reset_counts[key]) for key in keys}
         for logger in trainer.loggers:
-            logger.log_metrics({**metrics, "round": float(event["round"])}, step=federation_of(trainer).visits)
+            logger.log_metrics({**metrics, "round": float(event["round"])}, step=federation.visits)
 
     def state_dict(self) -> dict:
         return {"client_seen": self.client_seen, "reset_counts": self.reset_counts, "events": self.events}

@@ -6,7 +6,7 @@ from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import ClientVisit, FederatedFitLoop
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.trainer import FederatedTrainerBase
-from a2vgen.federation.view import FederationView, federation_of
+from a2vgen.federation.view import FederationView, ResetEvent, federation_of
 
 __all__ = [
     "ClientSpec",
@@ -18,6 +18,7 @@ __all__ = [
     "FederationView",
     "federation_of",
     "LocalCheckpointIO",
+    "ResetEvent",
 ]
 
 

@@ -20,7 +20,7 @@ from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
 from a2vgen.federation.server import DiffusionServer
 from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
-from a2vgen.federation.view import ClientVisit
+from a2vgen.federation.view import ClientVisit, ResetEvent
 from a2vgen.lightning_adapter import EpochFitLoop
 from a2vgen.modules.bank import GeneratorBank
 from a2vgen.modules.base import ADAPTER_KEY, BaseGeneratorModule
@@ -42,8 +42,9 @@ class FederatedFitLoop(EpochFitLoop):
 
     Callbacks may define ``on_round_start(trainer, module, round)``, ``on_client_start(trainer, module,
     visit)``, ``on_client_end(trainer, module, visit)`` and ``on_round_end(trainer, module, round)``. The
-    loop's cursor (round, position in the round's client order), the per-round sample counts and the
-    independent clients' generators go into checkpoints; a resumed run continues with the next visit.
+    loop's cursor (round, position in the round's client order), the per-round sample counts, the reset
+    events and the independent clients' generators go into checkpoints; a resumed run continues with the
+    next visit.
     """
 
     def __init__(self, trainer, config: FederationConfig, server: DiffusionServer) -> None:
@@ -57,6 +58,7 @@ class FederatedFitLoop(EpochFitLoop):
         self.generators: SharedGenerators | IndependentGenerators | None = None
         self._pending_state: dict | None = None
         self.current_visit: ClientVisit | None = None
+        self.resets: list[ResetEvent] = []
 
     @property
     def finished(self) -> bool:
@@ -237,6 +239,7 @@ class FederatedFitLoop(EpochFitLoop):
             "position": self.position,
             "visits": self.visits,
             "round_samples": self.round_samples,
+            "resets": [event.as_dict() for event in self.resets],
             "shared_generators": self.config.shared_generators,
             "aggregation": self.config.aggregation,
             "generators": self.generators.state_dict() if self.generators is not None else {},
@@ -253,6 +256,7 @@ class FederatedFitLoop(EpochFitLoop):
             )
         self.round, self.position, self.visits = state["round"], state["position"], state["visits"]
         self.round_samples = state["round_samples"]
+        self.resets = [ResetEvent(**event) for event in state.get("resets", [])]  # none in older checkpoints
         self.generators.load_state_dict(state["generators"])
         truncate_metrics(self.trainer, state.get("metrics_rows"))
         self._apply_optimizer_hparams()

@@ -2,12 +2,13 @@
 
 Callbacks receive a :class:`ClientVisit` in ``on_client_start``/``on_client_end`` and reach the rest through
 :func:`federation_of` (the trainer's fit loop, checked against :class:`FederationView`), instead of fishing
-attributes off the trainer.
+attributes off the trainer. Callbacks share what they did through the view, not through each other: a reset
+callback appends :class:`ResetEvent` s to ``resets``, the evaluation reads them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -31,6 +32,21 @@ class ClientVisit:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ResetEvent:
+    """Generators reset before a client's visit: the new classes that caused it and what was seen before."""
+
+    round: int
+    client: str
+    classes: list[str]
+    keys: list[str]
+    seen: list[str]
+
+    def as_dict(self) -> dict:
+        """Plain values (for checkpoints and JSON)."""
+        return asdict(self)
+
+
 @runtime_checkable
 class FederationView(Protocol):
     """The federated fit loop as callbacks see it."""
@@ -39,6 +55,7 @@ class FederationView(Protocol):
     server: DiffusionServer
     visits: int  # client visits finished so far: the step the loop logs the latest visit's metrics at, plus one
     current_visit: ClientVisit | None
+    resets: list[ResetEvent]  # every reset of the run so far, in order (kept in checkpoints)
 
     def owners(self) -> dict[str | None, GeneratorBank]:
         """Every generator bank there is, by owner (a client id; ``None``: the server)."""

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.errors import UserError
 from a2vgen.federation.loop import ClientVisit, FederatedFitLoop
+from a2vgen.federation.view import federation_of
 from a2vgen.flower.codec import (
     RejectedState,
     bank_tensors,
@@ -114,7 +115,8 @@ class FlowerFitLoop(FederatedFitLoop):
     """
 
     def __init__(self, trainer, link: NodeLink, settings: FlowerSettings) -> None:
-        super().__init__(trainer, trainer.federation, trainer.server)
+        federation = federation_of(trainer)  # the trainer's own loop, which this one replaces
+        super().__init__(trainer, federation.config, federation.server)
         self.link = link
         self.settings = settings
         self.node_rounds: dict[str, int] = {}
