@@ -4,7 +4,7 @@ import diffusers
 import pytest
 
 from a2vgen.data.clients import ClientSpec
-from a2vgen.federation import DiffusionServer
+from a2vgen.federation import PreviewPipeline
 from a2vgen.modules import UnifiedGenerator
 from conftest import module_for, small_datamodule, small_demo
 from federation_helpers import federated_fit
@@ -41,7 +41,7 @@ def test_full_mode_loads_the_pipeline_once_lazily(tmp_path, monkeypatch):
 
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(counting))
     dm = small_datamodule(CLIENTS, source=small_demo(cond_tokens=77, cond_dim=32))  # tiny SD's CLIP states
-    server_before_fit = DiffusionServer(generator_only=False, pipeline_path=str(path))
+    server_before_fit = PreviewPipeline(generator_only=False, pipeline_path=str(path))
     assert not server_before_fit.loaded and calls == []  # constructing the server loads nothing
     trainer = federated_fit(
         module_for(UnifiedGenerator, dm), dm, max_rounds=2, generator_only=False, pipeline=str(path)
@@ -53,7 +53,7 @@ def test_full_mode_loads_the_pipeline_once_lazily(tmp_path, monkeypatch):
 
 def test_full_mode_without_a_pipeline_is_an_error():
     with pytest.raises(ValueError, match="set trainer.pipeline"):
-        DiffusionServer(generator_only=False)
+        PreviewPipeline(generator_only=False)
 
 
 def test_full_mode_refuses_conditioning_from_another_prompt_space(tmp_path):

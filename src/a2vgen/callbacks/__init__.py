@@ -3,7 +3,7 @@ evaluation."""
 
 from a2vgen.callbacks.checkpoint import RoundCheckpoint
 from a2vgen.callbacks.evaluation import GeneratorEvaluation
-from a2vgen.callbacks.export import ExportGenerators
+from a2vgen.callbacks.exports import ExportGenerators
 from a2vgen.callbacks.previews import DiffusionPreviews
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.callbacks.samples import SampleWriter

@@ -18,7 +18,7 @@ from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
-from a2vgen.federation.server import DiffusionServer
+from a2vgen.federation.server import PreviewPipeline
 from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
 from a2vgen.federation.view import ClientVisit, ResetEvent
 from a2vgen.lightning_adapter import EpochFitLoop
@@ -47,7 +47,7 @@ class FederatedFitLoop(EpochFitLoop):
     next visit.
     """
 
-    def __init__(self, trainer, config: FederationConfig, server: DiffusionServer) -> None:
+    def __init__(self, trainer, config: FederationConfig, server: PreviewPipeline) -> None:
         super().__init__(trainer)
         self.config = config
         self.server = server

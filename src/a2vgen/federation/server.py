@@ -1,15 +1,20 @@
-"""The server's diffusion pipeline, loaded lazily and only outside generator-only mode."""
+"""The server's diffusion pipeline, loaded lazily and only outside generator-only mode.
+
+:class:`PreviewPipeline` was called ``DiffusionServer``: that name still imports (with
+a ``DeprecationWarning``), so code and configs naming it keep working.
+"""
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
-class DiffusionServer:
+class PreviewPipeline:
     """Holds the diffusers pipeline used to render previews (SPEC §3.3).
 
     In generator-only mode nothing is loaded: no denoiser, no image VAE. Otherwise :meth:`pipeline`
@@ -56,3 +61,11 @@ class DiffusionServer:
                 f"the data's conditioning widths {widths} (shapes {cond_shapes}) differ from the prompt space of "
                 f"{self.pipeline_path} {expected}: embed the class prompts with this pipeline's text encoders"
             )
+
+
+def __getattr__(name: str) -> type:
+    """``DiffusionServer``: the old name of :class:`PreviewPipeline`."""
+    if name == "DiffusionServer":
+        warnings.warn("DiffusionServer is now PreviewPipeline", DeprecationWarning, stacklevel=2)
+        return PreviewPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

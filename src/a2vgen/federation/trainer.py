@@ -30,7 +30,7 @@ from a2vgen.federation.runs import (
     run_root,
     set_version,
 )
-from a2vgen.federation.server import DiffusionServer
+from a2vgen.federation.server import PreviewPipeline
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class FederatedTrainerBase(Trainer):
             shuffle_clients,
             federation_seed,
         )
-        self.server = DiffusionServer(generator_only, pipeline, pipeline_dtype)
+        self.server = PreviewPipeline(generator_only, pipeline, pipeline_dtype)
         self.fit_loop = FederatedFitLoop(self, self.federation, self.server)
 
     def default_callbacks(

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from a2vgen.data.clients import ClientSpec
 from a2vgen.federation.config import FederationConfig
-from a2vgen.federation.server import DiffusionServer
+from a2vgen.federation.server import PreviewPipeline
 from a2vgen.modules.bank import GeneratorBank
 
 
@@ -52,7 +52,7 @@ class FederationView(Protocol):
     """The federated fit loop as callbacks see it."""
 
     config: FederationConfig
-    server: DiffusionServer
+    server: PreviewPipeline
     visits: int  # client visits finished so far: the step the loop logs the latest visit's metrics at, plus one
     current_visit: ClientVisit | None
     resets: list[ResetEvent]  # every reset of the run so far, in order (kept in checkpoints)

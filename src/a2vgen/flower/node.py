@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from a2vgen.callbacks.reset import ClassChangeResetCallback
 from a2vgen.errors import UserError
 from a2vgen.federation.loop import ClientVisit, FederatedFitLoop
-from a2vgen.federation.server import DiffusionServer
+from a2vgen.federation.server import PreviewPipeline
 from a2vgen.federation.state import IndependentGenerators, SharedGenerators
 from a2vgen.federation.view import federation_of
 from a2vgen.flower.codec import (
@@ -77,7 +77,7 @@ class NodeVisitLoop(FederatedFitLoop):
     """Runs the single visit described by ``request`` inside ``Trainer.fit``; the reply is left in ``reply``."""
 
     def __init__(self, trainer, request: RecordDict, client: str, state: NodeState) -> None:
-        super().__init__(trainer, federation_of(trainer).config, DiffusionServer())  # previews stay on the server
+        super().__init__(trainer, federation_of(trainer).config, PreviewPipeline())  # previews stay on the server
         self.request = request
         self.client = client
         self.state = state
