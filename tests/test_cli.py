@@ -13,11 +13,14 @@ import torch
 import wandb
 import yaml
 from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.loggers import WandbLogger
 
 from a2vgen.callbacks import RoundCheckpoint
 from a2vgen.cli import main, run_lightning
 from a2vgen.data.embeddings import load_embeddings
 from a2vgen.export import load_exported
+from a2vgen.federation.runs import prepare_logger
+from a2vgen.lightning_adapter import wandb_init_args
 from tiny_models import build_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +211,14 @@ def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):
     runs = list((workdir / "runs" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
     shutil.rmtree(workdir / "runs")
+
+
+def test_wandb_gets_an_absolute_folder(workdir):
+    """W&B's service process resolves a relative ``dir`` against its own working directory (the process's
+    at the first ``wandb.init``): a later run after a ``chdir`` lost its ``.wandb`` file."""
+    logger = WandbLogger(save_dir="runs", offline=True)
+    prepare_logger(logger)
+    assert logger.save_dir == str(workdir / "runs") == wandb_init_args(logger)["dir"]
 
 
 def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(workdir, capsys, caplog):

@@ -20,6 +20,7 @@ mid-round resume, no validation during fit): a Lightning release that moves them
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -171,6 +172,14 @@ def wandb_run_id(logger: WandbLogger) -> str | None:
 def wandb_init_args(logger: WandbLogger) -> dict:
     """The keyword arguments a W&B logger will pass to ``wandb.init`` (mutable until the run starts)."""
     return logger._wandb_init
+
+
+def wandb_absolute_dir(logger: WandbLogger) -> None:
+    """Make a W&B logger's ``save_dir`` absolute before its run starts: W&B's service process, started once
+    per Python process, resolves a relative ``dir`` against its own working directory, not the caller's
+    (a second run after a ``chdir`` wrote its ``.wandb`` file elsewhere)."""
+    if logger._save_dir:
+        logger._save_dir = logger._wandb_init["dir"] = os.path.abspath(logger._save_dir)
 
 
 def wandb_offline(logger: WandbLogger) -> bool:

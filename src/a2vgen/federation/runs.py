@@ -24,6 +24,7 @@ from a2vgen.lightning_adapter import (
     set_logger_version,
     started_experiment,
     use_experiment,
+    wandb_absolute_dir,
     wandb_init_args,
     wandb_offline,
     wandb_run_id,
@@ -59,9 +60,11 @@ def run_dir(logger: Logger) -> Path | None:
 
 
 def prepare_logger(logger: Logger) -> None:
-    """Give a W&B logger its run id now (its run folder is known before training), fall back to offline
-    when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv`` on resume."""
+    """Give a W&B logger an absolute folder and its run id now (its run folder is known before training),
+    fall back to offline when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv``
+    on resume."""
     if isinstance(logger, WandbLogger) and started_experiment(logger) is None:
+        wandb_absolute_dir(logger)
         if wandb_run_id(logger) is None:  # a W&B-style run id: 8 lowercase letters and digits
             set_version(logger, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
         _offline_without_network(logger)
