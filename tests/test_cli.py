@@ -218,7 +218,7 @@ def test_wandb_gets_an_absolute_folder(workdir):
     at the first ``wandb.init``): a later run after a ``chdir`` lost its ``.wandb`` file."""
     logger = WandbLogger(save_dir="runs", offline=True)
     prepare_logger(logger)
-    assert logger.save_dir == str(workdir / "runs") == wandb_init_args(logger)["dir"]
+    assert wandb_init_args(logger)["dir"] == str(workdir / "runs") and logger.save_dir == "runs"
 
 
 def test_validate_test_and_predict_from_the_checkpoint_alone_write_into_its_run(workdir, capsys, caplog):

@@ -175,11 +175,11 @@ def wandb_init_args(logger: WandbLogger) -> dict:
 
 
 def wandb_absolute_dir(logger: WandbLogger) -> None:
-    """Make a W&B logger's ``save_dir`` absolute before its run starts: W&B's service process, started once
-    per Python process, resolves a relative ``dir`` against its own working directory, not the caller's
-    (a second run after a ``chdir`` wrote its ``.wandb`` file elsewhere)."""
-    if logger._save_dir:
-        logger._save_dir = logger._wandb_init["dir"] = os.path.abspath(logger._save_dir)
+    """Hand ``wandb.init`` an absolute ``dir`` (the logger's own ``save_dir`` is left as given): W&B's service
+    process, started once per Python process, resolves a relative ``dir`` against its own working directory,
+    not the caller's (a second run after a ``chdir`` wrote its ``.wandb`` file elsewhere)."""
+    if logger._wandb_init.get("dir"):
+        logger._wandb_init["dir"] = os.path.abspath(logger._wandb_init["dir"])
 
 
 def wandb_offline(logger: WandbLogger) -> bool:

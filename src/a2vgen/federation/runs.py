@@ -60,9 +60,9 @@ def run_dir(logger: Logger) -> Path | None:
 
 
 def prepare_logger(logger: Logger) -> None:
-    """Give a W&B logger an absolute folder and its run id now (its run folder is known before training),
-    fall back to offline when the W&B server cannot be reached, and let a CSV logger continue ``metrics.csv``
-    on resume."""
+    """Give ``wandb.init`` an absolute folder and a W&B logger its run id now (its run folder is known
+    before training), fall back to offline when the W&B server cannot be reached, and let a CSV logger
+    continue ``metrics.csv`` on resume."""
     if isinstance(logger, WandbLogger) and started_experiment(logger) is None:
         wandb_absolute_dir(logger)
         if wandb_run_id(logger) is None:  # a W&B-style run id: 8 lowercase letters and digits
