@@ -15,6 +15,7 @@ class FederationConfig:
     client_fraction: float = 1.0
     shuffle_clients: bool = False
     seed: int = 0
+    page_optimizer_state: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.max_rounds < 1:
@@ -27,6 +28,8 @@ class FederationConfig:
             raise ValueError(f"aggregation must be 'none' or 'fedavg', got {self.aggregation!r}")
         if self.shared_generators and self.aggregation != "none":
             raise ValueError("aggregation applies to independent generators: set shared_generators: false")
+        if self.page_optimizer_state not in (True, False, "auto"):
+            raise ValueError(f"page_optimizer_state must be true, false or 'auto', got {self.page_optimizer_state!r}")
 
     @property
     def per_client_results(self) -> bool:

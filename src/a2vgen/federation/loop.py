@@ -18,6 +18,7 @@ from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
+from a2vgen.federation.paging import OptimizerPager, wants_paging
 from a2vgen.federation.server import PreviewPipeline
 from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
 from a2vgen.federation.view import ClientVisit, ResetEvent
@@ -59,6 +60,7 @@ class FederatedFitLoop(EpochFitLoop):
         self._pending_state: dict | None = None
         self.current_visit: ClientVisit | None = None
         self.resets: list[ResetEvent] = []
+        self.pager: OptimizerPager | None = None
 
     @property
     def finished(self) -> bool:
@@ -106,6 +108,10 @@ class FederatedFitLoop(EpochFitLoop):
         module: BaseGeneratorModule = self.trainer.lightning_module
         self.datamodule.set_key_map(module.class_to_key, module.generator_keys)
         self._setup_generators(module)
+        self.pager = None  # a fit's optimizers are its own: so are their pages
+        if wants_paging(self.config.page_optimizer_state, module.bank):
+            self.pager = OptimizerPager(self.trainer.default_root_dir)
+            log.info("optimizer state of generators outside a visit is paged to files in %s", self.pager.root)
         if not self.server.generator_only:
             self.server.pipeline(self.trainer.strategy.root_device)
             self.server.check_prompt_space(module.cond_shapes)
@@ -181,6 +187,8 @@ class FederatedFitLoop(EpochFitLoop):
         """
         spec = visit.client
         bank = self.generators.activate(spec.id)
+        if self.pager is not None:  # before on_client_start, whose resets drop optimizer state
+            self.pager.page_in(bank, visit.keys, self.trainer.optimizers)
         mode = "shared generators from the server" if self.config.shared_generators else "its own generators"
         log.info("client %s: training %s (%d generators) on classes %s", spec.id, mode, len(bank.keys), visit.classes)
         seed = key_seed(self.config.seed, f"round-{visit.round}/client-{spec.id}")
@@ -193,6 +201,8 @@ class FederatedFitLoop(EpochFitLoop):
             if self.trainer.should_stop:
                 break
         stats = module.pop_visit_stats()
+        if self.pager is not None:
+            self.pager.page_out(bank, self.trainer.optimizers)
         self.generators.deactivate()
         return stats
 

@@ -62,6 +62,9 @@ class FederatedTrainerBase(Trainer):
         client_fraction: fraction of clients visited per round (seeded choice).
         shuffle_clients: visit clients in a seeded random order each round.
         federation_seed: seed of client order and per-visit randomness.
+        page_optimizer_state: keep the optimizer state of generators a visit does not train in files of the
+            run folder, memory-mapped (see :mod:`a2vgen.federation.paging`; results are unchanged);
+            ``auto``: when the generators' parameters exceed 1 GiB (e.g. ~140 default per-class generators).
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
@@ -86,6 +89,7 @@ class FederatedTrainerBase(Trainer):
         client_fraction: float = 1.0,
         shuffle_clients: bool = False,
         federation_seed: int = 0,
+        page_optimizer_state: bool | Literal["auto"] = "auto",
         generator_only: bool = True,
         pipeline: str | None = None,
         pipeline_dtype: str = "float32",
@@ -130,6 +134,7 @@ class FederatedTrainerBase(Trainer):
             client_fraction,
             shuffle_clients,
             federation_seed,
+            page_optimizer_state,
         )
         self.server = PreviewPipeline(generator_only, pipeline, pipeline_dtype)
         self.fit_loop = FederatedFitLoop(self, self.federation, self.server)
