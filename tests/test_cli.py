@@ -198,10 +198,16 @@ def test_missing_checkpoint_is_an_error(workdir, capsys):
 def test_corrupt_or_foreign_checkpoint_is_an_error(workdir, capsys):
     Path("junk.ckpt").write_bytes(b"not a checkpoint")
     torch.save({"state_dict": {}}, "foreign.ckpt")
-    for path, message in [("junk.ckpt", "not a readable checkpoint"), ("foreign.ckpt", "not an a2vgen checkpoint")]:
+    torch.save({"a2vgen": {}, "object": Path("x")}, "objects.ckpt")  # a pickled object: refused, not loaded
+    for path, message in [
+        ("junk.ckpt", "not a readable checkpoint"),
+        ("foreign.ckpt", "not an a2vgen checkpoint"),
+        ("objects.ckpt", "holds objects other than tensors and plain values"),
+    ]:
         with pytest.raises(SystemExit):
             main(["export", "--ckpt_path", path])
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and "weights_only" not in err  # no advice to load it unsafely
 
 
 def test_wandb_offline_run_writes_a_local_run_directory(workdir, monkeypatch):

@@ -7,6 +7,7 @@ own state (:mod:`a2vgen.federation.state`'s layout, found through :func:`a2vgen.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -28,10 +29,18 @@ def read_checkpoint(path: str | Path, *, mmap: bool = False, metadata: bool = Tr
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: not a readable checkpoint ({_reason(err)})") from err
     if not isinstance(ckpt, dict) or (metadata and "a2vgen" not in ckpt):
         raise ValueError(f"{path}: not an a2vgen checkpoint (no 'a2vgen' metadata)")
     return ckpt
+
+
+def _reason(err: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one line (its own advice to load without ``weights_only`` is
+    dropped: a2vgen never loads a file that way)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "not a torch checkpoint, or it holds objects other than tensors and plain values"
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}"
 
 
 def readable(path: str | Path) -> bool:
