@@ -105,7 +105,7 @@ def worker_main(run_contender: Callable[[dict], dict], spec_json: str) -> int:
     return 0
 
 
-def _run_subprocess(script: str, spec: dict) -> dict:
+def run_in_fresh_process(script: str, spec: dict) -> dict:
     cmd = [sys.executable, script, "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -162,7 +162,7 @@ def alternate(
                 cut = True
                 continue
             start = time.time()
-            done.append(run_contender(dict(spec)) if inprocess else _run_subprocess(script, spec))
+            done.append(run_contender(dict(spec)) if inprocess else run_in_fresh_process(script, spec))
             took[name] = max(took.get(name, 0.0), time.time() - start)
     out = {}
     for name, results in runs.items():
@@ -386,6 +386,49 @@ def raw_train(
                     samples += len(rows)
                 age += 1
     return time.perf_counter() - start, float(samples)
+
+
+def raw_stacked_train(dm, dims: dict, keys: int, batch_size: int, steps: int, seed: int = 0) -> tuple[float, float]:
+    """The best case of training ``keys`` generators in one batched step: their weights stacked once
+    (``torch.func.stack_module_state``) and run with ``vmap`` over keys, ``batch_size`` samples each, the
+    loss of :func:`raw_train` summed over keys, one fused AdamW over the stacked weights (no per-key
+    gradient clipping, no calibration). An upper bound for the fit of per-class generators whose classes
+    hold ``batch_size`` clips. Returns ``(seconds, samples)`` of ``steps`` steps after one warm-up step."""
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from a2vgen.nn.cvae import ConditionalVAE
+    from a2vgen.nn.loss import vae_loss_terms
+
+    torch.manual_seed(seed)
+    nets = [ConditionalVAE(dm.audio_shape, dm.cond_shapes, **dims) for _ in range(keys)]
+    params, buffers = stack_module_state(nets)
+    params = {name: p.detach().requires_grad_() for name, p in params.items()}
+    template = nets[0].to("meta")
+    opt = torch.optim.AdamW(list(params.values()), lr=1e-3, weight_decay=1e-5, fused=True)
+    audio, labels, cond = client_tensors(dm, dm.clients[0])
+    rows = torch.randint(len(labels), (keys, batch_size))
+    a, cls = audio[rows], labels[rows]  # [K, B, L, D], [K, B]
+    cond = [t[cls[:, 0]][:, None] for t in cond]  # one class row per key: [K, 1, ...]
+    index = torch.zeros(batch_size, dtype=torch.long)
+
+    def loss(p, b, x, c, noise):
+        recon, mu, logvar, *_ = functional_call(
+            template, (p, b), (x, list(c)), {"encoder_input": x + 0.1 * noise, "cond_index": index}
+        )
+        parts = vae_loss_terms(recon, x, mu, logvar)
+        return (parts["mse"] + 0.01 * parts["kl"] + 0.01 * parts["cos"]).mean()
+
+    step = vmap(loss, randomness="different")
+    start = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        total = step(params, buffers, a, cond, torch.randn_like(a)).sum()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    return time.perf_counter() - start, float(steps * keys * batch_size)
 
 
 def add_tests_to_path() -> None:

@@ -4,15 +4,17 @@
 sample-epochs), shared ``PerClassGenerator`` with the ``ClassChangeResetCallback``, default network sizes,
 demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a key-grouped batch holds one
 class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. One fresh process measures the
-raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32) and then
-the fit, so the ratios compare numbers of one process and one machine phase. Under ``run_all.py``'s time
+raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32, and the
+best case of a batched multi-generator step: 10 generators' weights stacked and run with ``vmap``, 32
+samples each) and then the fit, so the ratios compare numbers of one process and one machine phase. Under ``run_all.py``'s time
 budget fewer rounds and local epochs run (at least 2 x 1; the table says how many). Reported: wall time,
 samples/s and its ratio to the raw rates, peak RSS, the first visits' cost against a typical visit, and
 per checkpoint its size, write time and the run's disk use (peak while writing, and kept) against one
 full training state. ``--classes 309 --clients 10`` (and fewer rounds) measures a VGGSound-sized run;
 ``--baseline-classes 10`` adds the same run with 10 classes (same clients, clips, rounds and local epochs,
 alternating processes) for the many-classes row: per-sample rate and peak RSS against the small run's.
-``--paging on|off|auto`` sets the trainer's ``page_optimizer_state``. Targets (issue 16): >= 0.8x the
+``--paging on|off|auto`` sets the trainer's ``page_optimizer_state``; ``--resume`` also resumes the run's
+``last.ckpt`` in a fresh process for one more round and reports that process's peak RSS. Targets (issue 16): >= 0.8x the
 batch-64 raw rate; peak RSS <= 3 GiB; disk kept with ``keep_last: 1`` <= 1.5x one training state; many
 classes: >= 0.8x the small run's samples/s and peak RSS <= 8 GB.
 """
@@ -34,6 +36,7 @@ RSS_TARGET_MIB = 3 * 1024
 DISK_TARGET = 1.5
 MANY_RSS_TARGET_MIB = 8e9 / 2**20  # 8 GB
 PAGING = {"on": True, "off": False, "auto": "auto"}
+STACKED_KEYS = 10  # a client's classes at ESC-50 scale
 
 
 def setting(args) -> dict:
@@ -47,7 +50,8 @@ def setting(args) -> dict:
 
 
 def raw_rates(source, names: list[str], dims: dict, smoke: bool) -> dict[int, float]:
-    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32 on 4 classes, after a warm-up."""
+    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32 on 4 classes, after a warm-up,
+    and of ``STACKED_KEYS`` generators stacked into one batched step of 32 samples each (``"stacked"``)."""
     from a2vgen.data.clients import ClientSpec
 
     dm = c.datamodule(source, [ClientSpec("raw", classes=names[:4])])
@@ -57,6 +61,8 @@ def raw_rates(source, names: list[str], dims: dict, smoke: bool) -> dict[int, fl
     for batch in (64, 32):
         seconds, samples = c.raw_train(dm, dims, 1, epochs, batch_size=batch, best=True)
         rates[batch] = samples / seconds
+    seconds, samples = c.raw_stacked_train(dm, dims, STACKED_KEYS, 32, 2 if smoke else 20)
+    rates["stacked"] = samples / seconds
     return rates
 
 
@@ -100,19 +106,49 @@ def folder_bytes(folder: Path) -> int:
     return sum(files.values())
 
 
-def run_contender(spec: dict) -> dict:
-    from lightning.pytorch import Callback
-
-    from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
+def workload(spec: dict) -> tuple:
+    """``(source, class names, data module, network sizes)`` of the workload ``spec``."""
     from a2vgen.data.clients import ClientSpec
 
     dims = c.SMOKE_DIMS if spec["smoke"] else c.default_dims()
     source = c.demo_source(spec["smoke"], spec["classes"], spec["clips"])
     names = source.load().classes
     n = spec["clients"]
-    clients = [ClientSpec(str(i), classes=names[i::n]) for i in range(n)]
-    dm = c.datamodule(source, clients)
+    dm = c.datamodule(source, [ClientSpec(str(i), classes=names[i::n]) for i in range(n)])
     _ = dm.data
+    return source, names, dm, dims
+
+
+def resume_contender(spec: dict) -> dict:
+    """A fresh process resuming ``spec["resume_from"]`` (a ``last.ckpt``) for one more round, without
+    checkpoints: peak RSS and seconds of the resumed fit (restore included)."""
+    from a2vgen.callbacks import ClassChangeResetCallback
+
+    _, _, dm, dims = workload(spec)
+    module = c.module("PerClassGenerator", dm, dims)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = c.trainer(
+            root,
+            max_rounds=spec["rounds"] + 1,
+            local_epochs=spec["local_epochs"],
+            checkpoint=False,
+            page_optimizer_state=PAGING[spec.get("paging", "auto")],
+        )
+        trainer.callbacks.append(ClassChangeResetCallback())
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=spec["resume_from"])
+        seconds = time.perf_counter() - start
+    return {"resume_seconds": seconds, "resume_peak_rss_mib": c.peak_rss_mib()}
+
+
+def run_contender(spec: dict) -> dict:
+    from lightning.pytorch import Callback
+
+    from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
+
+    if spec.get("resume_from"):
+        return resume_contender(spec)
+    source, names, dm, dims = workload(spec)
     rates = raw_rates(source, names, dims, spec["smoke"])
     rounds, local_epochs = fit_in_budget(spec, rates[64])
     every = min(spec["every"], max(1, rounds // 2))  # at least two checkpoint writes
@@ -138,6 +174,12 @@ def run_contender(spec: dict) -> dict:
         seconds, samples = c.timed_fit(trainer, module, dm)
         kept = folder_bytes(Path(ckpt.dirpath))
         paged = trainer.fit_loop.pager is not None
+        resumed = {}
+        if spec.get("resume"):
+            last = os.path.join(ckpt.dirpath, "last.ckpt")
+            resumed = c.run_in_fresh_process(
+                __file__, {**spec, "rounds": rounds, "local_epochs": local_epochs, "resume_from": last}
+            )
     full = max(s["bytes"] for s in meter.saves if s["full"])
     typical = statistics.median(visits[spec["clients"] :]) if len(visits) > spec["clients"] else visits[-1]
     return {
@@ -148,6 +190,7 @@ def run_contender(spec: dict) -> dict:
         "samples_per_s": samples / seconds,
         "raw64": rates[64],
         "raw32": rates[32],
+        "raw_stacked": rates["stacked"],
         "peak_rss_mib": c.peak_rss_mib(),
         "visit1": visits[0],
         "visit2": visits[1],
@@ -156,6 +199,7 @@ def run_contender(spec: dict) -> dict:
         "full_bytes": full,
         "kept_bytes": kept,
         "paged": paged,
+        **resumed,
     }
 
 
@@ -165,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the workload's {name}")
     p.add_argument("--baseline-classes", type=int, help="also run this many classes, same settings (many-classes row)")
     p.add_argument("--paging", choices=sorted(PAGING), default="auto", help="the trainer's page_optimizer_state")
+    p.add_argument("--resume", action="store_true", help="also resume the run's last.ckpt for one more round")
     args = p.parse_args(argv)
     if args.worker:
         return c.worker_main(run_contender, args.worker)
-    spec = {**setting(args), "name": "esc50_scale", "paging": args.paging}
+    spec = {**setting(args), "name": "esc50_scale", "paging": args.paging, "resume": args.resume}
     specs = [spec]
     if args.baseline_classes:
         specs.append({**spec, "name": "baseline", "classes": args.baseline_classes})
@@ -185,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
             ["raw samples/s, batch 64", r["raw64"], 1.0, r["raw64"] / r["raw32"]],
             ["raw samples/s, batch 32", r["raw32"], r["raw32"] / r["raw64"], 1.0],
+            [
+                f"raw samples/s, {STACKED_KEYS} generators stacked, 32 each",
+                r["raw_stacked"],
+                r["raw_stacked"] / r["raw64"],
+                r["raw_stacked"] / r["raw32"],
+            ],
             ["fit wall s", r["seconds"], "-", "-"],
             ["sample-epochs", r["samples"], "-", "-"],
             ["peak RSS MiB", r["peak_rss_mib"], "-", "-"],
@@ -219,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"target disk kept (keep_last 1) <= {DISK_TARGET}x one state: {kept:.2f}x -> {c.verdict(kept <= DISK_TARGET)}"
     )
+    if "resume_seconds" in r:
+        print(
+            f"resume from last.ckpt ({r['full_bytes'] / 2**20:,.0f} MiB) in a fresh process for round {r['rounds'] + 1}: "
+            f"{r['resume_seconds']:.1f} s, peak RSS {r['resume_peak_rss_mib']:,.0f} MiB (the fit's: {rss:,.0f} MiB)"
+        )
     if args.baseline_classes:
         many_classes(spec, r, args.baseline_classes, results["baseline"])
     return 0

@@ -4,7 +4,7 @@ import torch
 
 from a2vgen.federation.aggregation import weighted_average
 from a2vgen.nn import ConditionalVAE
-from a2vgen.nn.calibration import SamplingCalibration, covariance_gap_basis, group_factors, low_rank_ema
+from a2vgen.nn.calibration import SamplingCalibration, covariance_gap_basis, group_factors, pooled_basis
 
 
 def test_group_factors_give_each_groups_mean_and_covariance():
@@ -19,24 +19,27 @@ def test_group_factors_give_each_groups_mean_and_covariance():
         assert torch.allclose(means[k], members.mean(0))
         assert torch.allclose(factors[k] @ factors[k].t(), torch.cov(members.t()))
         assert torch.allclose(variances[k], members.var(0))
+    labels, counts, means, variances, factors = group_factors(x, torch.full((11,), 4))  # one group: its own path
+    assert labels.tolist() == [4] and counts.tolist() == [11] and factors.shape == (1, 6, 11)
+    assert torch.allclose(means[0], x.mean(0)) and torch.allclose(variances[0], x.var(0))
+    assert torch.allclose(factors[0] @ factors[0].t(), torch.cov(x.t()))
 
 
-def test_low_rank_averages_recover_the_directions_the_decoder_misses():
+def test_low_rank_sums_recover_the_directions_the_decoder_misses():
     g = torch.Generator().manual_seed(0)
     axes = torch.linalg.qr(torch.randn(30, 3, generator=g)).Q.double()
     scales = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
     data = torch.zeros(4, 30, dtype=torch.float64)
     decoded = torch.zeros(4, 30, dtype=torch.float64)
     one_group = torch.zeros(32, dtype=torch.long)
-    for step in range(200):
+    for _ in range(200):
         coeff = torch.randn(32, 3, generator=g, dtype=torch.float64) * scales
         real = coeff @ axes.t() + 0.1 * torch.randn(32, 30, generator=g, dtype=torch.float64)
         # the decoder reproduces the second axis only: the gap is the first and third
         decoding = coeff[:, 1:2] @ axes[:, 1:2].t() + 0.1 * torch.randn(32, 30, generator=g, dtype=torch.float64)
-        momentum = 1.0 if step == 0 else 0.05
-        data = low_rank_ema(data, group_factors(real, one_group)[4][0], momentum)
-        decoded = low_rank_ema(decoded, group_factors(decoding, one_group)[4][0], momentum)
-    gap = covariance_gap_basis(data, decoded)
+        data = pooled_basis(data, group_factors(real, one_group)[4][0])  # sums of 200 batch covariances
+        decoded = pooled_basis(decoded, group_factors(decoding, one_group)[4][0])
+    gap = covariance_gap_basis(data / 200**0.5, decoded / 200**0.5)
     along = (gap @ axes).square().sum(0)  # the gap's variance along each true axis
     assert torch.allclose(along[[0, 2]], scales[[0, 2]].square(), rtol=0.25), along
     assert along[1] < 0.25 * scales[1] ** 2, along
@@ -136,10 +139,29 @@ def test_fedavg_of_many_copies_each_holding_one_class():
     g = torch.Generator().manual_seed(0)
     copies = [SamplingCalibration((4, 16), rows=10, rank=4) for _ in range(10)]
     for row, cal in enumerate(copies):
-        cal.update(torch.full((8,), row), torch.randn(8, 4, 16, generator=g), momentum=0.1)
+        cal.update(torch.full((8,), row), torch.randn(8, 4, 16, generator=g))
     state = copies[0].average_state([(cal, 1.0) for cal in copies])
     for row, cal in enumerate(copies):
         mine = cal.data_basis[row].T @ cal.data_basis[row]
         averaged = state["data_basis"][row].T @ state["data_basis"][row]
         assert torch.allclose(averaged, mine, atol=1e-5)
         assert torch.allclose(state["data_mean"][row], cal.data_mean[row])
+
+
+def test_statistics_pool_every_sample_whichever_client_came_last():
+    """A class split between two clients that train one shared generator in turn, ten batches each: the
+    stored mean, variance and top covariance are the whole class's (a moving average over batches would
+    follow the last client's half)."""
+    g = torch.Generator().manual_seed(SEED)
+    x, _ = low_rank_class(48, g)
+    x[24:] += 1.0  # the second client's half sits elsewhere
+    cal = SamplingCalibration((4, 16), rows=1, rank=4)
+    for half in (x[:24], x[24:]):
+        for _ in range(10):
+            cal.update(torch.zeros(24, dtype=torch.long), half)
+    flat = x.flatten(1)
+    torch.testing.assert_close(cal.data_mean[0] / cal.mass[0], flat.mean(0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(cal.data_var[0] / cal.mass[0], flat.var(0), rtol=0.05, atol=1e-3)
+    covariance = cal.data_basis[0].T @ cal.data_basis[0] / cal.mass[0]
+    top = torch.linalg.eigvalsh(covariance.double()).flip(0)[:3]
+    assert torch.allclose(top, torch.linalg.eigvalsh(torch.cov(flat.T).double()).flip(0)[:3], rtol=0.05), top

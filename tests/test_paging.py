@@ -1,11 +1,13 @@
 """Paging the optimizer state of generators outside a visit to disk changes no result."""
 
+import gc
+
 import pytest
 import torch
 
 from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
 from a2vgen.federation.checkpoint import read_checkpoint
-from a2vgen.federation.paging import page_mappings
+from a2vgen.federation.paging import OptimizerPager, file_mappings, page_mappings, release_mappings
 from a2vgen.lightning_adapter import fit_loop_state
 from a2vgen.modules import PerClassGenerator
 from conftest import module_for, small_datamodule
@@ -70,16 +72,42 @@ def test_paging_changes_neither_weights_nor_optimizer_state_nor_checkpoints(tmp_
         )
 
 
-def test_a_paged_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("paging", [True, False], ids=["paged", "unpaged"])
+def test_a_run_resumes_exactly_from_a_memory_mapped_checkpoint_and_lets_go_of_it(tmp_path, monkeypatch, paging):
     full_trainer, full = run(tmp_path / "full", True, paging=False)
-    run(tmp_path / "cut", True, paging=True, stop_after=4)
-    trainer, resumed = run(tmp_path / "cut", True, paging=True, resume=True)
+    run(tmp_path / "cut", True, paging=paging, stop_after=4)
+    releases = []
+    page_out = OptimizerPager.page_out
+    monkeypatch.setattr(
+        OptimizerPager,
+        "page_out",
+        lambda self, *a, release=(): releases.append(release) or page_out(self, *a, release=release),
+    )
+    trainer, resumed = run(tmp_path / "cut", True, paging=paging, resume=True)
+    if paging:
+        assert releases[0], "the restored optimizer state is paged out of the memory-mapped checkpoint first"
     assert trainer.fit_loop.visits == full_trainer.fit_loop.visits
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert_same_optimizer_state(optimizer_states(full_trainer), optimizer_states(trainer))
+    gc.collect()
+    with open("/proc/self/maps") as f:  # a replaced last.ckpt still mapped would show as "(deleted)"
+        assert "last.ckpt" not in f.read(), "nothing keeps the checkpoint it resumed from mapped (nor its disk space)"
 
 
 def test_paging_setting_is_checked():
     with pytest.raises(ValueError, match="page_optimizer_state"):
         federated_fit(None, None, page_optimizer_state="sometimes")
+
+
+def test_pages_of_a_memory_mapped_checkpoint_are_found_and_dropped_without_changing_it(tmp_path):
+    path = tmp_path / "state.ckpt"
+    state = {"a": torch.randn(300_000), "b": torch.arange(10.0)}
+    torch.save(state, path)
+    loaded = torch.load(path, mmap=True, weights_only=True)
+    assert float(loaded["a"].sum()) == float(state["a"].sum())  # reads every page
+    maps = file_mappings(path)
+    assert maps and sum(end - start for start, end in maps) >= path.stat().st_size
+    release_mappings(maps)
+    torch.testing.assert_close(loaded["a"], state["a"], rtol=0, atol=0)  # read again from the file
+    assert file_mappings(tmp_path / "other.ckpt") == []

@@ -10,6 +10,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from a2vgen.federation.checkpoint import read_checkpoint
 from a2vgen.federation.paging import page_mappings, release_paged_memory
 from a2vgen.io import atomic_path
 
@@ -35,6 +36,17 @@ class LocalCheckpointIO(TorchCheckpointIO):
                     torch.save(checkpoint, _ReleasingWriter(f, maps))
             else:
                 torch.save(checkpoint, tmp)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Local checkpoints are memory-mapped and read with ``weights_only``: tensor data is read when
+        used, so resuming a run of many generators never holds the file's bytes and the restored copies
+        at once (see :meth:`~a2vgen.federation.loop.FederatedFitLoop.prepare`); tensors stay on the CPU
+        until restored onto their parameters' device."""
+        if weights_only is False or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().load_checkpoint(path, map_location, weights_only)
+        return read_checkpoint(path, mmap=True, metadata=False)
 
 
 class _ReleasingWriter:

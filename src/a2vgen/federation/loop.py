@@ -18,7 +18,7 @@ from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.federation.aggregation import fedavg, weighted_average
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.metrics_file import flush_loggers, metrics_rows, truncate_metrics
-from a2vgen.federation.paging import OptimizerPager, wants_paging
+from a2vgen.federation.paging import OptimizerPager, copy_out, file_mappings, release_mappings, wants_paging
 from a2vgen.federation.server import PreviewPipeline
 from a2vgen.federation.state import IndependentGenerators, Owner, SharedGenerators
 from a2vgen.federation.view import ClientVisit, ResetEvent
@@ -107,16 +107,36 @@ class FederatedFitLoop(EpochFitLoop):
         """Key map into the data, the generators' owners (and a checkpoint's state), the pipeline in full mode."""
         module: BaseGeneratorModule = self.trainer.lightning_module
         self.datamodule.set_key_map(module.class_to_key, module.generator_keys)
+        restored = self._pending_state is not None
         self._setup_generators(module)
         self.pager = None  # a fit's optimizers are its own: so are their pages
         if wants_paging(self.config.page_optimizer_state, module.bank):
             self.pager = OptimizerPager(self.trainer.default_root_dir)
             log.info("optimizer state of generators outside a visit is paged to files in %s", self.pager.root)
+        if restored and self.trainer.ckpt_path:
+            self._release_checkpoint(module, self.trainer.ckpt_path)
         if not self.server.generator_only:
             self.server.pipeline(self.trainer.strategy.root_device)
             self.server.check_prompt_space(module.cond_shapes)
             if module.bank.adapter is None:
                 log.warning("full mode without an adapter (model.train_adapter: false): previews cannot be rendered")
+
+    def _release_checkpoint(self, module: BaseGeneratorModule, path: str) -> None:
+        """After resuming from a memory-mapped checkpoint (:class:`~a2vgen.federation.checkpoint_io.LocalCheckpointIO`),
+        before any step: move the restored optimizer state out of the file (to page files when paging, else
+        into memory), one generator at a time, dropping the file's pages as it goes. Nothing then refers to
+        the file, so its memory and, once replaced, its disk space come back."""
+        maps = file_mappings(path)
+        if not maps:
+            return
+        if self.pager is not None:
+            self.pager.page_out(module.bank, self.trainer.optimizers, release=maps)
+        copy_out(self._optimizers(), maps)
+        release_mappings(maps)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """The trainer's optimizers and those of independent clients' generators."""
+        return list(self.trainer.optimizers) + list(getattr(self.generators, "optimizers", {}).values())
 
     def owners(self) -> dict[Owner, GeneratorBank]:
         """Every generator bank there is, by owner (a client id; ``None``: the server)."""
@@ -275,8 +295,7 @@ class FederatedFitLoop(EpochFitLoop):
     def _apply_optimizer_hparams(self) -> None:
         """The module's ``lr`` and ``weight_decay`` (which may change on resume) over the restored optimizers."""
         hp = self.trainer.lightning_module.hparams
-        optimizers = list(self.trainer.optimizers) + list(getattr(self.generators, "optimizers", {}).values())
-        for group in (g for opt in optimizers for g in opt.param_groups):
+        for group in (g for opt in self._optimizers() for g in opt.param_groups):
             group["lr"], group["weight_decay"] = hp.lr, hp.weight_decay
 
 

@@ -57,8 +57,14 @@ class OptimizerPager:
                     if isinstance(value, torch.Tensor) and _inside(value, page):
                         state[name] = value.clone()
 
-    def page_out(self, bank: GeneratorBank, optimizers: list[torch.optim.Optimizer]) -> None:
-        """Move every generator's in-memory state in ``bank`` to a file and map it back read-only."""
+    def page_out(
+        self, bank: GeneratorBank, optimizers: list[torch.optim.Optimizer], release: list[tuple[int, int]] = ()
+    ) -> None:
+        """Move every generator's in-memory state in ``bank`` to a file and map it back read-only.
+
+        ``release``: address ranges (:func:`file_mappings`) of a just-restored checkpoint that holds the
+        state unchanged: each generator's source pages there are dropped once written, so that paging a
+        whole restored state out never holds all of it in memory."""
         for slot in bank.slots:
             states = _states(slot, optimizers)
             entries = [(s, n, v) for s in states for n, v in s.items() if isinstance(v, torch.Tensor)]
@@ -76,6 +82,8 @@ class OptimizerPager:
             with open(path, "wb") as f:
                 for _, _, v in entries:
                     f.write(memoryview(v.detach().contiguous().numpy()).cast("B"))
+                    if release:
+                        release_paged_memory(memoryview(v.detach().numpy()).cast("B"), list(release))
             mapped = _map_read_only(path, sum(v.numel() for _, _, v in entries))
             path.unlink()
             offset = 0
@@ -93,8 +101,9 @@ def wants_paging(setting: bool | str, bank: GeneratorBank) -> bool:
 
 
 def release_paged_memory(written: memoryview, maps: list[tuple[int, int]]) -> None:
-    """Drop this process's pages of ``written`` where it lies in a page mapping of ``maps`` (sorted, from
-    :func:`page_mappings`): the bytes stay in the file and are read again when needed."""
+    """Drop this process's pages of ``written`` where it lies in a mapping of ``maps`` (sorted, from
+    :func:`page_mappings` or :func:`file_mappings`): the bytes stay in the file and are read again when
+    needed. Only for bytes that equal the file's (a private mapping's changed pages would revert)."""
     start = _address(written)
     end = start + written.nbytes
     i = max(bisect.bisect_right(maps, (start, start)) - 1, 0)
@@ -116,6 +125,47 @@ def page_mappings() -> list[tuple[int, int]]:
         return []
     pattern = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) r--p .*/" + re.escape(PAGE_PREFIX))
     return sorted((int(m[1], 16), int(m[2], 16)) for m in map(pattern.match, lines) if m)
+
+
+def file_mappings(path: str | Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of the file ``path`` (e.g. a checkpoint loaded with
+    ``mmap``), sorted (empty off Linux)."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.rstrip("\n").split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = fields[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return sorted(ranges)
+
+
+def release_mappings(maps: list[tuple[int, int]]) -> None:
+    """Drop this process's pages of the whole mappings ``maps`` (of a file whose mapped bytes nothing
+    changed): what is used again is read again from the file."""
+    for start, end in maps:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def copy_out(optimizers: Iterable[torch.optim.Optimizer], maps: list[tuple[int, int]]) -> None:
+    """Give every optimizer state tensor that lies in ``maps`` (a just-restored checkpoint's mappings, whose
+    bytes nothing changed) a private in-memory copy, dropping the source's pages as it goes."""
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.device.type == "cpu" and _in_maps(value, maps):
+                    state[name] = value.clone()
+                    release_paged_memory(memoryview(value.detach().contiguous().numpy()).cast("B"), maps)
+
+
+def _in_maps(tensor: torch.Tensor, maps: list[tuple[int, int]]) -> bool:
+    address = tensor.data_ptr()
+    return any(start <= address < end for start, end in maps)
 
 
 def _states(slot: GeneratorSlot, optimizers: list[torch.optim.Optimizer]) -> list[dict]:

@@ -126,8 +126,10 @@ def evaluate_classes(
     probe: LinearProbe | None = None,
     seed: int = 0,
     label_order: list[str] | None = None,
+    repeats: int = 32,
 ) -> dict[str, dict[str, float]]:
-    """Score ``sample(class, n)`` against every class of ``held`` (class → ``[N, ...]`` real features).
+    """Score ``sample(class, n)`` against every class of ``held`` (class → ``[N, ...]`` real features;
+    ``repeats``: subsamples per Fréchet distance).
 
     Returns ``{class: scores}`` with the scores of :func:`class_quality`, ``synthetic_accuracy`` and
     ``real_accuracy`` of ``probe`` (fitted on real training features of all classes; fitted here when
@@ -144,7 +146,7 @@ def evaluate_classes(
     tstr = fit_probe(fake_f, labels)
     out = {}
     for c in classes:
-        scores = class_quality(train_f[c], held_f[c], fake_f[c], seed=seed)
+        scores = class_quality(train_f[c], held_f[c], fake_f[c], repeats=repeats, seed=seed)
         scores["synthetic_accuracy"] = float((probe.predict(fake_f[c]) == labels[c]).double().mean())
         scores["real_accuracy"] = float((probe.predict(held_f[c]) == labels[c]).double().mean())
         scores["tstr_accuracy"] = float((tstr.predict(held_f[c]) == labels[c]).double().mean())

@@ -2,7 +2,7 @@
 
 A VAE trained on tens of clips per class explains part of the class's spread with its latent; the rest
 is added at sampling. Training keeps each class's data statistics (mean, per-element variance and the
-top directions of the within-class covariance, as exponential moving averages over batches); at
+top directions of the within-class covariance, pooled over every training sample); at
 sampling, draws of the *current* decoder show what it reproduces, and the samples are re-centred on
 the class mean and topped up with Gaussian noise whose covariance is the gap: its diagonal (every
 element) and a low-rank part (the directions the latent misses most, which in audio embeddings span
@@ -59,13 +59,12 @@ def top_positive(factors: torch.Tensor, weights: torch.Tensor, rank: int) -> tor
     return top.transpose(-1, -2)
 
 
-def low_rank_ema(basis: torch.Tensor, factor: torch.Tensor, momentum: float) -> torch.Tensor:
-    """``basis`` ``[..., r, F]`` moved ``momentum`` of the way towards the covariance ``factor factorᵀ``
-    (``factor``: ``[..., F, k]``), truncated to its top ``r`` directions."""
-    rank, k = basis.shape[-2], factor.shape[-1]
-    weights = torch.cat([basis.new_full((rank,), 1 - momentum), basis.new_full((k,), momentum)])
-    joined = torch.cat([basis.transpose(-1, -2), factor.to(basis.dtype)], dim=-1)
-    return top_positive(joined, weights.expand(*joined.shape[:-2], rank + k), rank)
+def pooled_basis(basis: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """The top ``r`` directions ``[..., r, F]`` of ``basisᵀ basis + factors factorsᵀ`` (``basis``: ``[..., r, F]``,
+    ``factors``: ``[..., F, k]``): a low-rank sum of covariances."""
+    rank = basis.shape[-2]
+    joined = torch.cat([basis.transpose(-1, -2), factors.to(basis.dtype)], dim=-1)
+    return top_positive(joined, joined.new_ones(joined.shape[-1]).expand(*joined.shape[:-2], joined.shape[-1]), rank)
 
 
 def covariance_gap_basis(data: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
@@ -80,6 +79,10 @@ def group_factors(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, 
     """Per group of ``x`` ``[B, F]`` (``groups``: ``[B]`` labels): the labels ``[G]``, sample counts
     ``[G]``, means ``[G, F]``, within-group variances ``[G, F]`` and covariance factors ``[G, F, m]``
     (``m``: the largest count; zero columns pad smaller groups)."""
+    if bool((groups == groups[0]).all()):  # one group (every batch of a per-class generator): no scatter
+        mean = x.mean(0, keepdim=True)
+        factors = ((x - mean).T / max(x.shape[0] - 1, 1) ** 0.5)[None]
+        return groups[:1], groups.new_full((1,), x.shape[0]), mean, factors.square().sum(-1), factors
     labels, inverse, counts = groups.unique(return_inverse=True, return_counts=True)
     sums = x.new_zeros(len(labels), x.shape[1]).index_add_(0, inverse, x)
     means = sums / counts[:, None].to(x.dtype)
@@ -115,10 +118,12 @@ class SamplingCalibration(nn.Module):
     """The data statistics a generator needs at sampling time, per class it serves.
 
     Each row (one per class; one for a generator of a single class) holds the class's mean, per-element
-    variance and a low-rank average of its within-class covariance, as exponential moving averages
-    multiplied by their ``mass`` (the average's total weight): dividing by it corrects the start-up
-    bias, and averaging copies trained apart weights each row by how much each copy saw of that class
-    (:meth:`average_state`).
+    variance and the top directions of its covariance, pooled exactly over every training sample the row
+    saw since it was reset (each batch's moments plus the spread of batch means), stored multiplied by
+    ``mass``, the number of samples pooled. Data statistics do not depend on the model, so every sample
+    counts alike: a class split over clients that train one shared generator in turn is calibrated on all
+    of its clips, not on the last client's (an exponential moving average over batches was). Averaging
+    copies trained apart weights each row by how much each copy saw of that class (:meth:`average_state`).
 
     A generator of several classes finds a sample's row from its conditioning (``keys``: fingerprints of
     its classes' stored prompts). Any other prompt gets diagonal noise from the variance pooled over the
@@ -161,21 +166,28 @@ class SamplingCalibration(nn.Module):
         return torch.where(known, best, torch.full_like(best, -1))
 
     @torch.no_grad()
-    def update(self, rows: torch.Tensor, data: torch.Tensor, momentum: float) -> None:
-        """Move every row present in ``rows`` (``[B]``, with at least two samples) ``momentum`` of the way
-        towards the statistics of its samples in ``data`` ``[B, L, D]``."""
+    def update(self, rows: torch.Tensor, data: torch.Tensor) -> None:
+        """Pool the samples of ``data`` ``[B, L, D]`` into the statistics of their rows (``rows``: ``[B]``;
+        rows with fewer than two samples in the batch are left out)."""
         with one_thread(), torch.autocast(data.device.type, enabled=False):  # statistics in full precision
             labels, counts, mean, var, factor = group_factors(data.flatten(1).to(self.data_mean.dtype), rows)
             use = (labels >= 0) & (counts >= 2)
             if not bool(use.any()):
                 return
-            idx = labels[use]
-            self.fresh[idx] += counts[use].to(self.fresh.dtype)
-            self.mass[idx] = self.mass[idx] + momentum * (1 - self.mass[idx])
-            self.data_mean[idx] = self.data_mean[idx].lerp(mean[use].to(self.data_mean.dtype), momentum)
-            self.data_var[idx] = self.data_var[idx].lerp(var[use].to(self.data_var.dtype), momentum)
+            idx, n, mean = labels[use], counts[use].to(self.mass.dtype), mean[use]
+            seen = self.mass[idx]
+            total = seen + n
+            shift = mean - self.data_mean[idx] / seen.clamp_min(1e-12)[:, None]  # batch mean - pooled mean
+            between = seen * n / total  # weight of the shift in the pooled second moments (Chan et al.)
+            self.fresh[idx] += n
+            self.mass[idx] = total
+            self.data_mean[idx] += n[:, None] * mean
+            self.data_var[idx] += n[:, None] * var[use] + between[:, None] * shift.square()
             if self.data_basis.shape[1]:
-                self.data_basis[idx] = low_rank_ema(self.data_basis[idx], factor[use], momentum)
+                factors = torch.cat(
+                    [factor[use] * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1
+                )
+                self.data_basis[idx] = pooled_basis(self.data_basis[idx], factors)
 
     @torch.no_grad()
     def average_state(self, sources: list[tuple[nn.Module, float]]) -> dict[str, torch.Tensor]:

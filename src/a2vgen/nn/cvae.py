@@ -157,15 +157,10 @@ class ConditionalVAE(nn.Module):
 
     @torch.no_grad()
     def calibrate(
-        self,
-        target: torch.Tensor,
-        cond: list[torch.Tensor] | None,
-        cond_index: torch.Tensor | None = None,
-        momentum: float = 0.1,
+        self, target: torch.Tensor, cond: list[torch.Tensor] | None, cond_index: torch.Tensor | None = None
     ) -> None:
-        """Move each class's sampling calibration ``momentum`` of the way towards the statistics of a
-        training batch (``target``: standardized audio)."""
-        self.calibration.update(self.calibration_rows(cond, target.shape[0], cond_index), target, momentum)
+        """Pool a training batch (``target``: standardized audio) into its classes' sampling calibration."""
+        self.calibration.update(self.calibration_rows(cond, target.shape[0], cond_index), target)
 
     def reference_draws(self, c: torch.Tensor | None, n: int = 256) -> torch.Tensor:
         """``n`` decoder draws ``[n, L, D]`` for one conditioning vector ``c`` (``[1, cond_width]``) from
