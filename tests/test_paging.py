@@ -72,10 +72,12 @@ def test_paging_changes_neither_weights_nor_optimizer_state_nor_checkpoints(tmp_
         )
 
 
-@pytest.mark.parametrize("paging", [True, False], ids=["paged", "unpaged"])
-def test_a_run_resumes_exactly_from_a_memory_mapped_checkpoint_and_lets_go_of_it(tmp_path, monkeypatch, paging):
-    full_trainer, full = run(tmp_path / "full", True, paging=False)
-    run(tmp_path / "cut", True, paging=paging, stop_after=4)
+@pytest.mark.parametrize(
+    "paging, shared", [(True, True), (False, True), (False, False)], ids=["paged", "unpaged", "independent"]
+)
+def test_a_run_resumes_exactly_from_a_memory_mapped_checkpoint_and_lets_go_of_it(tmp_path, monkeypatch, paging, shared):
+    full_trainer, full = run(tmp_path / "full", shared, paging=False)
+    run(tmp_path / "cut", shared, paging=paging, stop_after=4)
     releases = []
     page_out = OptimizerPager.page_out
     monkeypatch.setattr(
@@ -83,7 +85,7 @@ def test_a_run_resumes_exactly_from_a_memory_mapped_checkpoint_and_lets_go_of_it
         "page_out",
         lambda self, *a, release=(): releases.append(release) or page_out(self, *a, release=release),
     )
-    trainer, resumed = run(tmp_path / "cut", True, paging=paging, resume=True)
+    trainer, resumed = run(tmp_path / "cut", shared, paging=paging, resume=True)
     if paging:
         assert releases[0], "the restored optimizer state is paged out of the memory-mapped checkpoint first"
     assert trainer.fit_loop.visits == full_trainer.fit_loop.visits
