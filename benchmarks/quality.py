@@ -48,13 +48,13 @@ TARGETS = {
     "probe_ratio": "≥ 0.9",
 }
 CACHE = Path(tempfile.gettempdir()) / "a2vgen-quality"
-BUDGET_RUNS = ["per_class/shared", "unified/fedavg"]  # what `make bench` runs within its share (~3 min)
+BUDGET_RUNS = ["per_class/shared", "unified/fedavg"]  # --smoke's runs, and `make bench`'s within its share
 
-# The class-incremental check compares one class's FD ratio between rounds, so its estimate must be far
-# steadier than the main table's (64 samples, 32 subsamples): with 512 samples and 32 subsamples, one
-# unchanged generator scored under four sampling seeds gave per-class FD ratios 5-10 % apart (relative
-# sd), enough for the worst of nine old classes to read ~1.25 with nothing changed; with 2,048 samples
-# and 256 subsamples of |held| each, 1-4.6 %.
+# The class-incremental check compares one class's FD ratio between rounds, so its estimate must be
+# steadier than the table's: with 512 samples and 32 subsamples, one unchanged generator scored under
+# four sampling seeds gave per-class FD ratios 4-10 % apart (relative sd), enough for the worst of nine
+# old classes to read ~1.25 with nothing changed; with 2,048 samples and 256 subsamples of |held| each,
+# 1-4.6 %.
 INCREMENTAL_SAMPLES = 2048
 INCREMENTAL_REPEATS = 256
 # The table's scores: 512 samples and 128 subsamples per class (with 64 and 32, one run's mean FD ratio
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if c.deadline() is not None and not args.smoke and args.runs is None:  # under run_all's time budget
         args.datasets, args.runs = ["sounds"], BUDGET_RUNS
         print(f"(time budget: {' and '.join(BUDGET_RUNS)} on sounds only; `make quality` runs everything)")
-    args.runs = args.runs or (["per_class/shared", "unified/fedavg"] if args.smoke else RUNS)
+    args.runs = args.runs or (BUDGET_RUNS if args.smoke else RUNS)
     dims = {**(c.SMOKE_DIMS if args.smoke else {}), **args.module_args}  # default: the module's defaults
     rounds, local_epochs = (2, 2) if args.smoke else (6, 10)
     start = time.perf_counter()

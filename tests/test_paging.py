@@ -83,7 +83,7 @@ def test_a_run_resumes_exactly_from_a_memory_mapped_checkpoint_and_lets_go_of_it
     monkeypatch.setattr(
         OptimizerPager,
         "page_out",
-        lambda self, *a, release=(): releases.append(release) or page_out(self, *a, release=release),
+        lambda self, *a, release=None: releases.append(release) or page_out(self, *a, release=release),
     )
     trainer, resumed = run(tmp_path / "cut", shared, paging=paging, resume=True)
     if paging:

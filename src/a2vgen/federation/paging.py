@@ -58,7 +58,7 @@ class OptimizerPager:
                         state[name] = value.clone()
 
     def page_out(
-        self, bank: GeneratorBank, optimizers: list[torch.optim.Optimizer], release: list[tuple[int, int]] = ()
+        self, bank: GeneratorBank, optimizers: list[torch.optim.Optimizer], release: list[tuple[int, int]] | None = None
     ) -> None:
         """Move every generator's in-memory state in ``bank`` to a file and map it back read-only.
 
@@ -81,9 +81,10 @@ class OptimizerPager:
             path = self.root / f"{PAGE_PREFIX}{os.getpid()}-{self.count}.bin"
             with open(path, "wb") as f:
                 for _, _, v in entries:
-                    f.write(memoryview(v.detach().contiguous().numpy()).cast("B"))
+                    data = memoryview(v.detach().contiguous().numpy()).cast("B")
+                    f.write(data)
                     if release:
-                        release_paged_memory(memoryview(v.detach().numpy()).cast("B"), list(release))
+                        release_paged_memory(data, release)
             mapped = _map_read_only(path, sum(v.numel() for _, _, v in entries))
             path.unlink()
             offset = 0
