@@ -31,11 +31,14 @@ def test_the_adapter_trains_exactly_the_attached_batches_and_never_validates():
     assert watcher.sampler_epochs == [0, 1] * (2 * 2)  # batch order follows the local epoch, not Lightning's count
 
 
-def test_a_fraction_of_each_visit_is_trained():
+@pytest.mark.parametrize("stack", [False, True], ids=["apart", "stacked"])
+def test_a_fraction_of_each_visit_is_trained(stack):
     dm = small_datamodule([ClientSpec("0", classes=["dog", "rain"])], batch_size=2)
     watcher = Watcher()
-    federated_fit(module_for(PerClassGenerator, dm), dm, [watcher], max_rounds=1, limit_train_batches=0.5)
-    available = len(dm.client("0").dataloader("train", ["dog", "rain"]))  # key-grouped batches after fit's key map
+    module = module_for(PerClassGenerator, dm)
+    federated_fit(module, dm, [watcher], max_rounds=1, limit_train_batches=0.5, stack_generators=stack)
+    # key-grouped batches after fit's key map; stacked: rows of one batch per key
+    available = len(dm.client("0").dataloader("train", ["dog", "rain"], stack_keys=stack))
     assert available > 2
     assert watcher.batches == [max(1, int(available * 0.5))]
 

@@ -58,12 +58,15 @@ class ClientDataModule(LightningDataModule):
         wanted = torch.tensor([self.data.classes.index(c) for c in classes], dtype=torch.long)
         return idx[torch.isin(self.data.labels[idx], wanted)]
 
-    def dataloader(self, split: str = "train", classes: list[str] | None = None, seed: int = 0) -> DataLoader:
-        """Batches of ``split`` for ``classes`` (default: all the client's); key-grouped when a key map is set."""
+    def dataloader(
+        self, split: str = "train", classes: list[str] | None = None, seed: int = 0, stack_keys: bool = False
+    ) -> DataLoader:
+        """Batches of ``split`` for ``classes`` (default: all the client's); key-grouped when a key map is set,
+        with ``stack_keys`` one batch per key joined into each (see :class:`KeyGroupedBatchSampler`)."""
         idx = self._select(split, classes)
         dataset = BatchDataset(self.data.audio, self.data.labels, self.data.cond, idx)
         keys = None if self.key_of_class is None else self.key_of_class[self.data.labels[idx]]
-        sampler = KeyGroupedBatchSampler(keys, len(idx), self.batch_size, seed=seed)
+        sampler = KeyGroupedBatchSampler(keys, len(idx), self.batch_size, seed=seed, stack_keys=stack_keys)
         # its own generator: creating an iterator must not draw from the global RNG (exact resume)
         return DataLoader(dataset, sampler=sampler, batch_size=None, generator=torch.Generator().manual_seed(seed))
 

@@ -16,6 +16,7 @@ class FederationConfig:
     shuffle_clients: bool = False
     seed: int = 0
     page_optimizer_state: bool | Literal["auto"] = "auto"
+    stack_generators: bool = True
 
     def __post_init__(self) -> None:
         if self.max_rounds < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -214,12 +215,15 @@ class FederatedFitLoop(EpochFitLoop):
         seed = key_seed(self.config.seed, f"round-{visit.round}/client-{spec.id}")
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
-        loader = self.datamodule.client(spec.id).dataloader("train", visit.classes, seed=seed % (2**31))
-        self.attach_loader(loader, visit_batches(len(loader), self.trainer.limit_train_batches))
-        for epoch in range(self.config.local_epochs):
-            self.train_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
-            if self.trainer.should_stop:
-                break
+        stacking = module.stacking(visit.keys) if self.config.stack_generators else nullcontext(False)
+        with stacking as stacked:
+            client = self.datamodule.client(spec.id)
+            loader = client.dataloader("train", visit.classes, seed=seed % (2**31), stack_keys=stacked)
+            self.attach_loader(loader, visit_batches(len(loader), self.trainer.limit_train_batches))
+            for epoch in range(self.config.local_epochs):
+                self.train_epoch(epoch)  # batch order depends on (seed, round, client, local epoch) only
+                if self.trainer.should_stop:
+                    break
         stats = module.pop_visit_stats()
         if self.pager is not None:
             self.pager.page_out(bank, self.trainer.optimizers)

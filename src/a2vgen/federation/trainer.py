@@ -65,6 +65,11 @@ class FederatedTrainerBase(Trainer):
         page_optimizer_state: keep the optimizer state of generators a visit does not train in files of the
             run folder, memory-mapped (see :mod:`a2vgen.federation.paging`; results are unchanged);
             ``auto``: when the generators' parameters exceed 1 GiB (e.g. ~140 default per-class generators).
+        stack_generators: train a visit's generators of one network structure as one batched step per batch
+            (``torch.func.vmap`` over their stacked weights; see
+            :meth:`~a2vgen.modules.steps.GeneratorSteps.stacking`): each still gets its own batches, gradient
+            clipping and AdamW state, with results equal to training apart up to floating-point rounding.
+            A batch then holds one batch of every key (``limit_train_batches`` counts these).
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
@@ -90,6 +95,7 @@ class FederatedTrainerBase(Trainer):
         shuffle_clients: bool = False,
         federation_seed: int = 0,
         page_optimizer_state: bool | Literal["auto"] = "auto",
+        stack_generators: bool = True,
         generator_only: bool = True,
         pipeline: str | None = None,
         pipeline_dtype: str = "float32",
@@ -135,6 +141,7 @@ class FederatedTrainerBase(Trainer):
             shuffle_clients,
             federation_seed,
             page_optimizer_state,
+            stack_generators,
         )
         self.server = PreviewPipeline(generator_only, pipeline, pipeline_dtype)
         self.fit_loop = FederatedFitLoop(self, self.federation, self.server)

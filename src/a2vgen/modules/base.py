@@ -13,6 +13,8 @@ from torch import nn
 from a2vgen.modules.bank import ADAPTER_KEY
 from a2vgen.modules.keyed import KeyedGenerators
 from a2vgen.modules.registry import MODULES
+from a2vgen.modules.stacked_steps import StackedSteps
+from a2vgen.modules.stacking import StackedNetworks
 from a2vgen.modules.steps import GeneratorSteps
 from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
@@ -28,12 +30,13 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint was written by an incompatible configuration."""
 
 
-class BaseGeneratorModule(KeyedGenerators, GeneratorSteps, LightningModule):
+class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, LightningModule):
     """Keyed conditional generators of audio embeddings, trained with one AdamW optimizer.
 
     This file holds the construction, the hooks a subclass overrides and the checkpoint metadata; the keys,
     banks and per-class buffers are in :class:`~a2vgen.modules.keyed.KeyedGenerators`, the training,
-    evaluation and prediction steps in :class:`~a2vgen.modules.steps.GeneratorSteps`.
+    evaluation and prediction steps in :class:`~a2vgen.modules.steps.GeneratorSteps`, and the stacked
+    training of a visit's generators in :class:`~a2vgen.modules.stacked_steps.StackedSteps`.
 
     Subclasses choose the granularity by implementing :meth:`configure_keys` (class → key). A new
     generator type overrides :meth:`build_network` (the network of one key) and/or :meth:`compute_loss`
@@ -132,6 +135,7 @@ class BaseGeneratorModule(KeyedGenerators, GeneratorSteps, LightningModule):
         self._stepped_keys: list[str] = []
         self._epoch_keys: set[str] = set()
         self._visit_stats: dict[str, torch.Tensor] = {}
+        self._stacks: dict[nn.Module, tuple[StackedNetworks, int]] = {}
 
     # ------------------------------------------------------------------ hooks for subclasses
     def configure_keys(self, classes: list[str]) -> dict[str, str]:
@@ -173,13 +177,38 @@ class BaseGeneratorModule(KeyedGenerators, GeneratorSteps, LightningModule):
         """Per-sample loss parts ``[B]`` for one generator; ``loss`` is what is minimised, every part is
         logged (``train/<client>/<key>/<part>``, ``val/<key>/<part>``, ``test/<key>/<part>``).
 
-        ``cond`` is per sample, or (with ``cond_index``) distinct rows picked per sample.
+        ``cond`` is per sample, or (with ``cond_index``) distinct rows picked per sample. Here: the network's
+        forward on :meth:`draw_noise`'s random inputs, scored by :meth:`loss_parts`. A subclass that keeps
+        this method and overrides those two keeps stacked training (see :meth:`stacking`); one that
+        overrides it trains its generators one at a time.
         """
+        outputs = net(audio, cond, cond_index=cond_index, **self.draw_noise(net, audio))
+        return self.loss_parts(net, outputs, audio, cond, age, cond_index)
+
+    def draw_noise(self, net: nn.Module, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The random inputs of one forward of ``net`` on ``audio``, as keyword arguments: drawn outside the
+        network so that a stacked step, which runs the forward under ``vmap``, draws the same numbers as
+        training apart. Here: the encoder's noised input (training only) and the VAE's ``eps``."""
         hp = self.hparams
-        noisy = None
+        noise = {}
         if self.training and hp.input_noise > 0:
-            noisy = audio + hp.input_noise * torch.randn_like(audio)
-        recon, mu, logvar, target, cond_mean = net(audio, cond, encoder_input=noisy, cond_index=cond_index)
+            noise["encoder_input"] = audio + hp.input_noise * torch.randn_like(audio)
+        noise["eps"] = torch.randn(audio.shape[0], net.latent_dim, device=audio.device)
+        return noise
+
+    def loss_parts(
+        self,
+        net: nn.Module,
+        outputs: tuple,
+        audio: torch.Tensor,
+        cond: list[torch.Tensor],
+        age: torch.Tensor,
+        cond_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample loss parts from the network's ``outputs`` on ``audio`` (see :meth:`compute_loss`); also
+        feeds the training batch to the network's latent fit and sampling calibration."""
+        hp = self.hparams
+        recon, mu, logvar, target, cond_mean = outputs
         if hp.objective == "original":
             parts = vae_loss_terms(recon, target, mu, logvar)
             parts["loss"] = (

@@ -10,6 +10,17 @@ from a2vgen.lightning_adapter import attached_trainer
 from a2vgen.modules.bank import ADAPTER_KEY, GeneratorBank
 
 
+def key_groups(slot_idx: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    """``(slot, mask)`` of every slot in a batch, in the order the slots first appear (``mask`` is ``None``
+    when the whole batch belongs to one slot)."""
+    first = int(slot_idx[0])
+    if bool((slot_idx == first).all()):
+        return [(first, None)]
+    runs = torch.unique_consecutive(slot_idx).tolist()
+    order = runs if len(set(runs)) == len(runs) else list(dict.fromkeys(slot_idx.tolist()))
+    return [(s, slot_idx == s) for s in order]
+
+
 class GeneratorSteps:
     """One batch through its generators (:meth:`shared_step`), per-visit loss statistics, per-generator
     gradient clipping, the AdamW optimizer, and the val/test/predict steps.
@@ -40,25 +51,32 @@ class GeneratorSteps:
                 )
 
     def shared_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """Sum over keys of each key's mean loss, and per-key sums of the loss parts."""
+        """Sum over keys of each key's mean loss, and per-key sums of the loss parts.
+
+        Each key's samples go through its own generator, keys in the order they first appear in the batch;
+        while :meth:`~a2vgen.modules.stacked_steps.StackedSteps.stacking`, keys of one stack with as many
+        samples and conditioning rows run as one vmapped step."""
         self._check_shapes(batch)
         audio, class_idx = batch["audio"], batch["class_idx"]
         slot_idx = self.bank.slot_of_class[class_idx]
         if bool((slot_idx < 0).any()):
             missing = sorted({self.classes[int(c)] for c in class_idx[slot_idx < 0]})
             raise ValueError(f"classes {missing} have no generator in the current bank {self.bank.keys}")
-        first = int(slot_idx[0])
-        groups = (
-            [(first, None)] if bool((slot_idx == first).all()) else [(int(s), slot_idx == s) for s in slot_idx.unique()]
-        )
+        groups = key_groups(slot_idx)
+        inputs = []
+        for s, mask in groups:
+            cond, cond_index = subset_cond(batch, mask)
+            if mask is not None and cond_index is not None:  # keep only this key's conditioning rows
+                rows, cond_index = cond_index.unique(return_inverse=True)
+                cond = [c[rows] for c in cond]
+            inputs.append((self.bank.slots[s], audio if mask is None else audio[mask], cond, cond_index))
+        losses = self.stacked_losses(inputs) if self._stacks and self.training else [None] * len(inputs)
         total = audio.new_zeros(())
         stats: dict[str, dict[str, torch.Tensor]] = {}
-        for s, mask in groups:
-            slot = self.bank.slots[s]
-            a = audio if mask is None else audio[mask]
-            c, ci = subset_cond(batch, mask)
+        for (s, mask), (slot, a, c, ci), parts in zip(groups, inputs, losses):
             key = self.bank.keys[s]
-            parts = self.compute_loss(slot.net, a, c, slot.age, ci)
+            if parts is None:
+                parts = self.compute_loss(slot.net, a, c, slot.age, ci)
             if "loss" not in parts or "samples" in parts:
                 raise KeyError(
                     f"{type(self).__name__}.compute_loss must return per-sample parts with 'loss' (and none named "
@@ -116,8 +134,14 @@ class GeneratorSteps:
         clip = self.hparams.grad_clip
         if not clip:
             return
+        clipped = set()
+        for stack in {stack for stack, _ in self._stacks.values()}:
+            clipped.update(id(stack.nets[k]) for k in stack.clip_positions)
+            stack.clip_grads(clip)
         for key in self._stepped_keys:
             module = self.bank.adapter if key == ADAPTER_KEY else self.bank[key]
+            if key != ADAPTER_KEY and id(module.net) in clipped:
+                continue
             params = [p for p in module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             # on CPU the comparison costs nothing and skips a pass over the gradients when within the limit

@@ -165,10 +165,37 @@ class SamplingCalibration(nn.Module):
         known = distance.gather(1, best[:, None])[:, 0] <= 1e-3 * self.keys.norm(dim=1)[best] + 1e-6
         return torch.where(known, best, torch.full_like(best, -1))
 
+    _deferred: list[tuple[SamplingCalibration, torch.Tensor, torch.Tensor]] | None = None
+
+    @classmethod
+    @contextmanager
+    def deferred(cls) -> Iterator[None]:
+        """Within: :meth:`update` calls are collected and run on exit, those of one-row batches of equal
+        size as one batched update (a stacked training step calibrates every generator of the stack)."""
+        outer, cls._deferred = cls._deferred, []
+        try:
+            yield
+            pending = cls._deferred
+        finally:
+            cls._deferred = outer
+        batched: dict[tuple, list] = {}
+        for calibration, rows, data in pending:
+            whole = data.shape[0] >= 2 and int(rows[0]) >= 0 and bool((rows == rows[0]).all())
+            shape = (tuple(data.shape), tuple(calibration.data_basis.shape), data.dtype, data.device)
+            if whole:
+                batched.setdefault(shape, []).append((calibration, int(rows[0]), data))
+            else:
+                calibration.update(rows, data)
+        for entries in batched.values():
+            update_rows(entries)
+
     @torch.no_grad()
     def update(self, rows: torch.Tensor, data: torch.Tensor) -> None:
         """Pool the samples of ``data`` ``[B, L, D]`` into the statistics of their rows (``rows``: ``[B]``;
         rows with fewer than two samples in the batch are left out)."""
+        if SamplingCalibration._deferred is not None:
+            SamplingCalibration._deferred.append((self, rows, data.detach()))
+            return
         with one_thread(), torch.autocast(data.device.type, enabled=False):  # statistics in full precision
             labels, counts, mean, var, factor = group_factors(data.flatten(1).to(self.data_mean.dtype), rows)
             use = (labels >= 0) & (counts >= 2)
@@ -259,3 +286,38 @@ class SamplingCalibration(nn.Module):
                     out[pick] += weights[pick] @ gap
                 out[pick] += noise[pick] * rest.clamp_min(0).sqrt()
             return out.view_as(decoded).to(decoded.dtype)
+
+
+@torch.no_grad()
+def update_rows(entries: list[tuple[SamplingCalibration, int, torch.Tensor]]) -> None:
+    """:meth:`SamplingCalibration.update` of many calibrations at once, each with one batch ``[B, L, D]``
+    (one ``B`` for all) of one row: the same pooled statistics, computed batched over the calibrations."""
+    calibrations = [c for c, _, _ in entries]
+    index = [row for _, row, _ in entries]
+    with one_thread(), torch.autocast(entries[0][2].device.type, enabled=False):
+        dtype = calibrations[0].data_mean.dtype
+        x = torch.stack([d.flatten(1) for _, _, d in entries]).to(dtype)  # [K, B, F]
+        n = x.new_full((len(entries),), x.shape[1])
+        mean = x.mean(1)
+        factor = (x - mean[:, None]).transpose(1, 2) / max(x.shape[1] - 1, 1) ** 0.5  # [K, F, B]
+        var = factor.square().sum(-1)
+
+        def gather(name: str) -> torch.Tensor:
+            return torch.stack([getattr(c, name)[row] for c, row in zip(calibrations, index)])
+
+        seen, data_mean = gather("mass"), gather("data_mean")
+        total = seen + n
+        shift = mean - data_mean / seen.clamp_min(1e-12)[:, None]
+        between = seen * n / total
+        new = {
+            "fresh": gather("fresh") + n,
+            "mass": total,
+            "data_mean": data_mean + n[:, None] * mean,
+            "data_var": gather("data_var") + n[:, None] * var + between[:, None] * shift.square(),
+        }
+        if calibrations[0].data_basis.shape[1]:
+            factors = torch.cat([factor * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1)
+            new["data_basis"] = pooled_basis(gather("data_basis"), factors)
+        for k, (calibration, row) in enumerate(zip(calibrations, index)):
+            for name, value in new.items():
+                getattr(calibration, name)[row] = value[k]
