@@ -106,7 +106,7 @@ class StackedSteps:
         stacked = [(stack, name, tensor) for stack in stacks for name, tensor in stack.params.items()]
         others = [p for p in self.parameters() if p.requires_grad]  # e.g. a stacked generator trained apart
         inputs = [tensor for _, _, tensor in stacked] + others
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=False)
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
         per_stack: dict[StackedNetworks, dict] = {stack: {} for stack in stacks}
         for (stack, name, _), grad in zip(stacked, grads):
             per_stack[stack][name] = grad
