@@ -165,3 +165,33 @@ def test_statistics_pool_every_sample_whichever_client_came_last():
     covariance = cal.data_basis[0].T @ cal.data_basis[0] / cal.mass[0]
     top = torch.linalg.eigvalsh(covariance.double()).flip(0)[:3]
     assert torch.allclose(top, torch.linalg.eigvalsh(torch.cov(flat.T).double()).flip(0)[:3], rtol=0.05), top
+
+
+def test_deferred_updates_pool_the_same_statistics_as_one_at_a_time():
+    """A stacked step's calibration updates run batched over the calibrations (``deferred``): the pooled
+    statistics equal updating each calibration on its own (bases as covariances: a direction's sign is
+    arbitrary). An update whose batch spans several rows still goes through the regular path."""
+    g = torch.Generator().manual_seed(3)
+    shape = (2, 6)
+
+    def calibrations():
+        one_row = [SamplingCalibration(shape, rows=1, rank=3) for _ in range(3)]
+        return one_row + [SamplingCalibration(shape, rows=2, rank=3)]
+
+    batches = [[torch.randn(5, *shape, generator=g) * (k + 1) + k for k in range(4)] for _ in range(3)]
+    rows = [torch.zeros(5, dtype=torch.long)] * 3 + [torch.tensor([0, 0, 1, 1, 1])]
+    apart, together = calibrations(), calibrations()
+    for step in batches:
+        for calibration, r, data in zip(apart, rows, step):
+            calibration.update(r, data)
+        before = together[0].mass.clone()
+        with SamplingCalibration.deferred():
+            for calibration, r, data in zip(together, rows, step):
+                calibration.update(r, data)
+            assert torch.equal(together[0].mass, before)  # nothing pooled before the block ends
+    for a, b in zip(apart, together):
+        for name in ("mass", "fresh", "data_mean", "data_var"):
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-5)
+        cov_a = a.data_basis.transpose(-1, -2) @ a.data_basis
+        cov_b = b.data_basis.transpose(-1, -2) @ b.data_basis
+        torch.testing.assert_close(cov_b, cov_a, rtol=1e-4, atol=1e-4)
