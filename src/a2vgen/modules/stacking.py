@@ -137,17 +137,18 @@ class StackedNetworks:
     def __call__(self, positions: list[int], args: tuple, kwargs: dict) -> Any:
         """``nets[k](*args[j], **kwargs[j])`` for ``k = positions[j]``, as one vmapped call: every tensor in
         ``args``/``kwargs`` has a leading axis of ``len(positions)``; so has every tensor of the output."""
+        device = next(iter(self.params.values())).device
         if positions == list(range(len(self))):
             params = self.params
         else:
-            index = torch.tensor(positions, device=next(iter(self.params.values())).device)
+            index = torch.tensor(positions, device=device)
             params = {name: stacked[index] for name, stacked in self.params.items()}
 
         def forward(p: dict, b: dict, a: tuple, kw: dict) -> Any:
             return functional_call(self.template, (p, b), a, kw)
 
         buffers = self.buffers(positions)
-        if torch.is_autocast_enabled(params[next(iter(params))].device.type):  # the built-in linear casts
+        if torch.is_autocast_enabled(device.type):  # the built-in linear casts
             out = vmap(forward)(params, buffers, args, kwargs)
         else:
             with WeightFirstLinears():
@@ -181,7 +182,7 @@ class StackedNetworks:
     def clip_grads(self, max_norm: float) -> None:
         """Clip the gradient norm of each network of the last :meth:`distribute_grads` on its own, as
         ``torch.nn.utils.clip_grad_norm_`` would per network, in one pass over the stacked gradients."""
-        grads = [g for g in self.grads.values()]
+        grads = list(self.grads.values())
         if not grads or not self.clip_positions:
             return
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])

@@ -201,20 +201,11 @@ class SamplingCalibration(nn.Module):
             use = (labels >= 0) & (counts >= 2)
             if not bool(use.any()):
                 return
-            idx, n, mean = labels[use], counts[use].to(self.mass.dtype), mean[use]
-            seen = self.mass[idx]
-            total = seen + n
-            shift = mean - self.data_mean[idx] / seen.clamp_min(1e-12)[:, None]  # batch mean - pooled mean
-            between = seen * n / total  # weight of the shift in the pooled second moments (Chan et al.)
-            self.fresh[idx] += n
-            self.mass[idx] = total
-            self.data_mean[idx] += n[:, None] * mean
-            self.data_var[idx] += n[:, None] * var[use] + between[:, None] * shift.square()
-            if self.data_basis.shape[1]:
-                factors = torch.cat(
-                    [factor[use] * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1
-                )
-                self.data_basis[idx] = pooled_basis(self.data_basis[idx], factors)
+            idx = labels[use]
+            state = {name: getattr(self, name)[idx] for name in POOLED}
+            pooled = pool(state, counts[use].to(self.mass.dtype), mean[use], var[use], factor[use])
+            for name, value in pooled.items():
+                getattr(self, name)[idx] = value
 
     @torch.no_grad()
     def average_state(self, sources: list[tuple[nn.Module, float]]) -> dict[str, torch.Tensor]:
@@ -288,6 +279,31 @@ class SamplingCalibration(nn.Module):
             return out.view_as(decoded).to(decoded.dtype)
 
 
+POOLED = ("mass", "fresh", "data_mean", "data_var", "data_basis")
+
+
+def pool(
+    state: dict[str, torch.Tensor], n: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, factor: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Rows ``state`` (the :data:`POOLED` buffers of ``G`` rows) with batches pooled in exactly (Chan et al.):
+    ``n`` ``[G]`` samples with mean ``[G, F]``, per-element variance ``[G, F]`` and covariance factors
+    ``[G, F, m]``. Returns the new rows (the basis only when it has a rank)."""
+    seen = state["mass"]
+    total = seen + n
+    shift = mean - state["data_mean"] / seen.clamp_min(1e-12)[:, None]  # batch mean - pooled mean
+    between = seen * n / total  # weight of the shift in the pooled second moments
+    new = {
+        "fresh": state["fresh"] + n,
+        "mass": total,
+        "data_mean": state["data_mean"] + n[:, None] * mean,
+        "data_var": state["data_var"] + (n[:, None] * var + between[:, None] * shift.square()),
+    }
+    if state["data_basis"].shape[1]:
+        factors = torch.cat([factor * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1)
+        new["data_basis"] = pooled_basis(state["data_basis"], factors)
+    return new
+
+
 @torch.no_grad()
 def update_rows(entries: list[tuple[SamplingCalibration, int, torch.Tensor]]) -> None:
     """:meth:`SamplingCalibration.update` of many calibrations at once, each with one batch ``[B, L, D]``
@@ -295,29 +311,11 @@ def update_rows(entries: list[tuple[SamplingCalibration, int, torch.Tensor]]) ->
     calibrations = [c for c, _, _ in entries]
     index = [row for _, row, _ in entries]
     with one_thread(), torch.autocast(entries[0][2].device.type, enabled=False):
-        dtype = calibrations[0].data_mean.dtype
-        x = torch.stack([d.flatten(1) for _, _, d in entries]).to(dtype)  # [K, B, F]
-        n = x.new_full((len(entries),), x.shape[1])
+        x = torch.stack([d.flatten(1) for _, _, d in entries]).to(calibrations[0].data_mean.dtype)  # [K, B, F]
         mean = x.mean(1)
         factor = (x - mean[:, None]).transpose(1, 2) / max(x.shape[1] - 1, 1) ** 0.5  # [K, F, B]
-        var = factor.square().sum(-1)
-
-        def gather(name: str) -> torch.Tensor:
-            return torch.stack([getattr(c, name)[row] for c, row in zip(calibrations, index)])
-
-        seen, data_mean = gather("mass"), gather("data_mean")
-        total = seen + n
-        shift = mean - data_mean / seen.clamp_min(1e-12)[:, None]
-        between = seen * n / total
-        new = {
-            "fresh": gather("fresh") + n,
-            "mass": total,
-            "data_mean": data_mean + n[:, None] * mean,
-            "data_var": gather("data_var") + n[:, None] * var + between[:, None] * shift.square(),
-        }
-        if calibrations[0].data_basis.shape[1]:
-            factors = torch.cat([factor * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1)
-            new["data_basis"] = pooled_basis(gather("data_basis"), factors)
+        state = {name: torch.stack([getattr(c, name)[row] for c, row in zip(calibrations, index)]) for name in POOLED}
+        pooled = pool(state, x.new_full((len(entries),), x.shape[1]), mean, factor.square().sum(-1), factor)
         for k, (calibration, row) in enumerate(zip(calibrations, index)):
-            for name, value in new.items():
+            for name, value in pooled.items():
                 getattr(calibration, name)[row] = value[k]
