@@ -18,7 +18,7 @@ class KeyGroupedBatchSampler(Sampler[list[int]]):
     With ``stack_keys`` the same key batches come joined into rows, one batch per key: row ``t`` holds
     every key's ``t``-th batch, keys in the order their batch comes in the shuffled sequence. Each key
     then sees the very batches, in the same order, as without (for stacked training, see
-    :meth:`~a2vgen.modules.steps.GeneratorSteps.stacking`).
+    :meth:`~a2vgen.modules.stacked_steps.StackedSteps.stacking`).
     """
 
     def __init__(

@@ -67,7 +67,7 @@ class FederatedTrainerBase(Trainer):
             ``auto``: when the generators' parameters exceed 1 GiB (e.g. ~140 default per-class generators).
         stack_generators: train a visit's generators of one network structure as one batched step per batch
             (``torch.func.vmap`` over their stacked weights; see
-            :meth:`~a2vgen.modules.steps.GeneratorSteps.stacking`): each still gets its own batches, gradient
+            :meth:`~a2vgen.modules.stacked_steps.StackedSteps.stacking`): each still gets its own batches, gradient
             clipping and AdamW state, with results equal to training apart up to floating-point rounding.
             A batch then holds one batch of every key (``limit_train_batches`` counts these).
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
