@@ -43,13 +43,17 @@ TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 
 
 def setup_torch() -> None:
-    """fp32, 2 threads, quiet Lightning."""
+    """fp32, 2 threads, freed memory kept for reuse (as the trainer does: raw loops and fits alike), quiet
+    Lightning."""
     import logging
     import warnings
 
     import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import: import first, then quiet)
     import torch
 
+    from a2vgen.allocator import reuse_freed_memory
+
+    reuse_freed_memory()
     torch.set_num_threads(THREADS)
     torch.set_default_dtype(torch.float32)
     _warm_up(torch)

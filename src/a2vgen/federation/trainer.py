@@ -16,6 +16,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from a2vgen import allocator
 from a2vgen.errors import UserError
 from a2vgen.federation.checkpoint_io import LocalCheckpointIO
 from a2vgen.federation.compat import check_checkpoint
@@ -70,6 +71,9 @@ class FederatedTrainerBase(Trainer):
             :meth:`~a2vgen.modules.stacked_steps.StackedSteps.stacking`): each still gets its own batches, gradient
             clipping and AdamW state, with results equal to training apart up to floating-point rounding.
             A batch then holds one batch of every key (``limit_train_batches`` counts these).
+        reuse_freed_memory: keep freed memory in the process for reuse instead of mapping large tensors afresh
+            every step (glibc ``malloc`` settings, process-wide; see :mod:`a2vgen.allocator`): ~20 % faster
+            steps on the CPU. No effect off glibc.
         generator_only: never load the diffusion pipeline (no denoiser, no image VAE).
         pipeline: diffusers model id or local folder, loaded lazily when ``generator_only`` is false.
         pipeline_dtype: torch dtype name for the pipeline.
@@ -96,6 +100,7 @@ class FederatedTrainerBase(Trainer):
         federation_seed: int = 0,
         page_optimizer_state: bool | Literal["auto"] = "auto",
         stack_generators: bool = True,
+        reuse_freed_memory: bool = True,
         generator_only: bool = True,
         pipeline: str | None = None,
         pipeline_dtype: str = "float32",
@@ -105,6 +110,8 @@ class FederatedTrainerBase(Trainer):
         **kwargs,
     ) -> None:
         refuse_epoch_options(kwargs)
+        if reuse_freed_memory:
+            allocator.reuse_freed_memory()
         callbacks = (
             [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         )

@@ -1,5 +1,7 @@
 """Generators of one network structure trained as one batched step: their parameters become views into
-``[K, ...]`` tensors for the length of a client visit, and one ``torch.func.vmap`` runs their forward passes.
+``[K, ...]`` tensors for the length of a client visit, and one call runs their forward passes: the network
+class's own ``stacked_forward`` where it defines one (the default VAE's is written with batched matrix
+products, see :mod:`a2vgen.nn.stacked`), else ``torch.func.vmap`` over the network's forward.
 
 Each generator keeps its own parameter objects (the optimizer state, resets, paging, FedAvg and checkpoints
 see nothing new); only their storage is shared while stacked. After the backward pass each parameter gets its
@@ -135,8 +137,9 @@ class StackedNetworks:
         return out
 
     def __call__(self, positions: list[int], args: tuple, kwargs: dict) -> Any:
-        """``nets[k](*args[j], **kwargs[j])`` for ``k = positions[j]``, as one vmapped call: every tensor in
-        ``args``/``kwargs`` has a leading axis of ``len(positions)``; so has every tensor of the output."""
+        """``nets[k](*args[j], **kwargs[j])`` for ``k = positions[j]``, as one call (the network's
+        ``stacked_forward``, or ``vmap``): every tensor in ``args``/``kwargs`` has a leading axis of
+        ``len(positions)``; so has every tensor of the output."""
         device = next(iter(self.params.values())).device
         if positions == list(range(len(self))):
             params = self.params
@@ -148,7 +151,9 @@ class StackedNetworks:
             return functional_call(self.template, (p, b), a, kw)
 
         buffers = self.buffers(positions)
-        if torch.is_autocast_enabled(device.type):  # the built-in linear casts
+        if "stacked_forward" in type(self.template).__dict__:  # its own, not a parent's with another forward
+            out = self.template.stacked_forward(params, buffers, *args, **kwargs)
+        elif torch.is_autocast_enabled(device.type):  # the built-in linear casts
             out = vmap(forward)(params, buffers, args, kwargs)
         else:
             with WeightFirstLinears():

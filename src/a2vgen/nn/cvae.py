@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from a2vgen.nn import stacked
 from a2vgen.nn.calibration import SamplingCalibration, fingerprint_width
 from a2vgen.nn.conditioning import ConditionEncoder
 from a2vgen.nn.registry import register_generator
@@ -227,6 +228,40 @@ class ConditionalVAE(nn.Module):
             eps = torch.randn_like(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
         return VAEOutput(self.decode(z, c), mu, logvar, target, mean)
+
+    def stacked_forward(
+        self,
+        params: dict[str, torch.Tensor],
+        buffers: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        cond: list[torch.Tensor] | None = None,
+        encoder_input: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+        cond_index: torch.Tensor | None = None,
+    ) -> VAEOutput:
+        """:meth:`forward` of ``K`` networks of this one's structure at once, with batched matrix products
+        (see :mod:`a2vgen.nn.stacked`): ``params`` and ``buffers`` by name, ``[K, ...]`` each (this network's
+        own tensors are not used), and every input and output with a leading ``K`` axis."""
+        k, n = x.shape[:2]
+        c = None
+        if self.cond_encoder is not None:
+            if cond is None:
+                raise ValueError("this VAE is conditional: pass the conditioning tensors")
+            c = stacked.condition_encoder(cond, self.cond_encoder.cond_shapes, params, buffers, "cond_encoder")
+            if cond_index is not None:
+                c = torch.gather(c, 1, cond_index.unsqueeze(-1).expand(-1, -1, c.shape[-1]))
+        target = stacked.standardize(x, buffers, "audio_norm")
+        flat = target.flatten(2)
+        mean = flat.new_zeros(flat.shape) if self.mean_head is None else stacked.linear(c, params, "mean_head")
+        seen = flat if encoder_input is None else stacked.standardize(encoder_input, buffers, "audio_norm").flatten(2)
+        mu, logvar = stacked.conditioned_mlp(seen - mean.detach(), c, params, "encoder").chunk(2, dim=-1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        recon = mean + stacked.conditioned_mlp(z, c, params, "decoder")
+        shape = (k, n, *self.audio_shape)
+        return VAEOutput(recon.view(shape), mu, logvar, target, mean.view(shape))
 
     @torch.no_grad()
     def sample(

@@ -1,0 +1,101 @@
+"""The hand-written batched forward of the default VAE (``ConditionalVAE.stacked_forward``) is each network's
+own forward, with the same gradients, and only a network class that defines it gets it."""
+
+import pytest
+import torch
+
+from a2vgen.modules import stacking as stacking_module
+from a2vgen.modules.stacking import StackedNetworks
+from a2vgen.nn.cvae import ConditionalVAE
+from test_stacking import SHIFT_INVARIANT
+
+K, B, ROWS = 3, 5, 2
+
+
+def networks(cond_shapes, cls=ConditionalVAE):
+    torch.manual_seed(0)
+    nets = [cls([4, 16], cond_shapes, hidden_dim=32, latent_dim=8, cond_width=8) for _ in range(K)]
+    for net in nets:  # statistics and a class-mean head that are not the identity and zero
+        class_cond = [torch.randn(4, *shape) for shape in cond_shapes]
+        net.set_statistics(torch.randn(4, 16), torch.rand(4, 16) + 0.5, class_cond or None)
+        if net.mean_head is not None:
+            torch.nn.init.normal_(net.mean_head.weight, std=0.1)
+    return nets
+
+
+def inputs(cond_shapes, indexed, noised):
+    x = torch.randn(K, B, 4, 16)
+    cond = [torch.randn(K, ROWS if indexed else B, *shape) for shape in cond_shapes] or None
+    kwargs = {"eps": torch.randn(K, B, 8)}
+    if noised:
+        kwargs["encoder_input"] = x + 0.1 * torch.randn_like(x)
+    if indexed and cond:
+        kwargs["cond_index"] = torch.randint(ROWS, (K, B))
+    return x, cond, kwargs
+
+
+def squares(outputs) -> torch.Tensor:
+    return sum(o.square().sum() for o in outputs)
+
+
+CASES = {
+    "text-rows": ([[6, 8]], True, True),
+    "text-and-pooled-per-sample": ([[6, 8], [5]], False, True),
+    "unconditioned": ([], False, False),
+}
+
+
+@pytest.mark.parametrize("cond_shapes,indexed,noised", list(CASES.values()), ids=list(CASES))
+def test_stacked_forward_is_each_networks_forward_with_its_gradients(cond_shapes, indexed, noised):
+    nets = networks(cond_shapes)
+    x, cond, kwargs = inputs(cond_shapes, indexed, noised)
+    stack = StackedNetworks(nets)
+    out = stack(list(range(K)), (x, cond), kwargs)
+    names = list(stack.params)
+    grads = dict(zip(names, torch.autograd.grad(squares(out), [stack.params[n] for n in names], allow_unused=True)))
+    stack.release()
+    for k, net in enumerate(nets):
+        mine = {name: value[k] for name, value in kwargs.items()}
+        ref = net(x[k], None if cond is None else [c[k] for c in cond], **mine)
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a[k], b, rtol=1e-5, atol=1e-5)
+        squares(ref).backward()
+        for name, p in net.named_parameters():
+            if grads[name] is None:
+                assert p.grad is None or not bool(p.grad.any()), name
+            elif not name.endswith(SHIFT_INVARIANT):  # rounding noise (see test_stacking)
+                torch.testing.assert_close(grads[name][k], p.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_stacked_forward_runs_under_autocast():
+    nets = networks([[6, 8]])
+    x, cond, kwargs = inputs([[6, 8]], indexed=True, noised=True)
+    stack = StackedNetworks(nets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stack(list(range(K)), (x, cond), kwargs)
+    assert out.recon.dtype == torch.bfloat16
+    grads = torch.autograd.grad(squares(out).float(), list(stack.params.values()), allow_unused=True)
+    assert all(g is None or (g.dtype == torch.float32 and bool(torch.isfinite(g).all())) for g in grads)
+    exact = stack(list(range(K)), (x, cond), kwargs)
+    torch.testing.assert_close(out.recon.float(), exact.recon, rtol=0.1, atol=0.1)
+
+
+class RescaledVAE(ConditionalVAE):
+    """Another forward, inherited ``stacked_forward``: stacking must not use the parent's."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        return out._replace(recon=2 * out.recon)
+
+
+@pytest.mark.parametrize("cls,hand_written", [(ConditionalVAE, True), (RescaledVAE, False)], ids=["own", "inherited"])
+def test_only_a_class_that_defines_stacked_forward_runs_it(monkeypatch, cls, hand_written):
+    vmapped = []
+    vmap = stacking_module.vmap
+    monkeypatch.setattr(stacking_module, "vmap", lambda f: vmapped.append(f) or vmap(f))
+    nets = networks([[6, 8]], cls)
+    x, cond, kwargs = inputs([[6, 8]], indexed=True, noised=True)
+    out = StackedNetworks(nets)(list(range(K)), (x, cond), kwargs)
+    assert bool(vmapped) != hand_written
+    ref = nets[1](x[1], [c[1] for c in cond], **{name: value[1] for name, value in kwargs.items()})
+    torch.testing.assert_close(out.recon[1], ref.recon, rtol=1e-5, atol=1e-5)
