@@ -6,9 +6,10 @@ demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a
 class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. One fresh process measures the
 raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32, and the
 best case of a batched multi-generator step: 10 generators' weights stacked and run with ``vmap``, 32
-samples each), then the fit (the trainer's defaults: ``stack_generators`` on), then the batch-64 rate again;
-ratios are against the mean of the two batch-64 rates, so they compare numbers of one process while the
-machine's speed drifts (both are printed). Under ``run_all.py``'s time budget fewer rounds and local epochs
+samples each), then the fit (the trainer's defaults: ``stack_generators`` on), measuring the batch-64 rate
+again after every round (a fresh raw net for 8 epochs, ~0.4 s, not counted in the fit's time) and after the fit; ratios
+are against the mean of these batch-64 rates, so they compare numbers of one process while the machine's
+speed drifts (the slowest and fastest are printed). Under ``run_all.py``'s time budget fewer rounds and local epochs
 run (at least 2 x 1; the table says how many). Reported: wall time, samples/s (also without the checkpoint
 writes) and its ratio to the raw rates, peak RSS, the first visits' cost against a typical visit, and
 per checkpoint its size, write time and the run's disk use (peak while writing, and kept) against one
@@ -52,12 +53,17 @@ def setting(args) -> dict:
     return out
 
 
-def raw_rates(source, names: list[str], dims: dict, smoke: bool, batches: tuple = (64, 32, "stacked")) -> dict:
-    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32 on 4 classes, after a warm-up,
-    and of ``STACKED_KEYS`` generators stacked into one batched step of 32 samples each (``"stacked"``)."""
+def raw_data(source, names: list[str]):
+    """The raw loops' data: 4 classes of the workload."""
     from a2vgen.data.clients import ClientSpec
 
-    dm = c.datamodule(source, [ClientSpec("raw", classes=names[:4])])
+    return c.datamodule(source, [ClientSpec("raw", classes=names[:4])])
+
+
+def raw_rates(dm, dims: dict, smoke: bool, batches: tuple = (64, 32, "stacked")) -> dict:
+    """Samples/s of the plain training loop (fused AdamW) at batch 64 and 32 on ``dm`` (:func:`raw_data`), after
+    a warm-up, and of ``STACKED_KEYS`` generators stacked into one batched step of 32 samples each
+    (``"stacked"``)."""
     c.raw_train(dm, dims, 1, 1, batch_size=64, best=True)
     epochs = 1 if smoke else 5
     rates = {}
@@ -83,7 +89,10 @@ class CheckpointMeter:
         start = time.perf_counter()
         self.io.save_checkpoint(checkpoint, path, storage_options)
         seconds = time.perf_counter() - start
-        size = os.path.getsize(path)
+        try:  # the file is renamed into place in the background, after its sync
+            size = os.path.getsize(f"{path}.tmp")
+        except FileNotFoundError:
+            size = os.path.getsize(path)
         full = "optimizer_states" in checkpoint
         self.saves.append(
             {"file": Path(path).name, "full": full, "bytes": size, "seconds": seconds, "peak": before + size}
@@ -153,16 +162,30 @@ def run_contender(spec: dict) -> dict:
     if spec.get("resume_from"):
         return resume_contender(spec)
     source, names, dm, dims = workload(spec)
-    rates = raw_rates(source, names, dims, spec["smoke"])
-    rounds, local_epochs = fit_in_budget(spec, rates[64])
-    every = min(spec["every"], max(1, rounds // 2))  # at least two checkpoint writes
+    raw_dm = raw_data(source, names)
+    rates = raw_rates(raw_dm, dims, spec["smoke"])
     module = c.module("PerClassGenerator", dm, dims)
     visits: list[float] = []
+    raw64_rounds: list[float] = []
 
     class VisitTimes(Callback):
         def on_client_end(self, trainer, module, visit) -> None:
             visits.append(visit.seconds)
 
+    class RawRateSampler(Callback):
+        """The raw batch-64 rate after every round (the machine's speed moved by up to 37 % within one run)."""
+
+        seconds = 0.0
+
+        def on_round_end(self, trainer, module, round: int) -> None:
+            start = time.perf_counter()
+            seconds, samples = c.raw_train(raw_dm, dims, 1, 1 if spec["smoke"] else 8, batch_size=64, best=True)
+            raw64_rounds.append(samples / seconds)
+            self.seconds += time.perf_counter() - start
+
+    rounds, local_epochs = fit_in_budget(spec, rates[64])
+    every = min(spec["every"], max(1, rounds // 2))  # at least two checkpoint writes
+    sampler = RawRateSampler()
     with tempfile.TemporaryDirectory() as root:
         ckpt = RoundCheckpoint(dirpath=os.path.join(root, "checkpoints"), every_n_rounds=every, keep_last=1)
         trainer = c.trainer(
@@ -173,13 +196,14 @@ def run_contender(spec: dict) -> dict:
             page_optimizer_state=PAGING[spec.get("paging", "auto")],
             stack_generators=spec.get("stack", True),
         )
-        trainer.callbacks += [ClassChangeResetCallback(), ckpt, VisitTimes()]
+        trainer.callbacks += [ClassChangeResetCallback(), ckpt, VisitTimes(), sampler]
         meter = CheckpointMeter(trainer.strategy.checkpoint_io)
         trainer.strategy.checkpoint_io = meter
         seconds, samples = c.timed_fit(trainer, module, dm)
+        seconds -= sampler.seconds
         kept = folder_bytes(Path(ckpt.dirpath))
         paged = trainer.fit_loop.pager is not None
-        after = raw_rates(source, names, dims, spec["smoke"], batches=(64,))[64]  # the machine may have drifted
+        after = raw_rates(raw_dm, dims, spec["smoke"], batches=(64,))[64]
         resumed = {}
         if spec.get("resume"):
             last = os.path.join(ckpt.dirpath, "last.ckpt")
@@ -194,9 +218,10 @@ def run_contender(spec: dict) -> dict:
         "seconds": seconds,
         "samples": samples,
         "samples_per_s": samples / seconds,
-        "raw64": (rates[64] + after) / 2,
+        "raw64": statistics.mean([rates[64], *raw64_rounds, after]),
         "raw64_before": rates[64],
         "raw64_after": after,
+        "raw64_rounds": raw64_rounds,
         "checkpoint_seconds": sum(v["seconds"] for v in meter.saves),
         "raw32": rates[32],
         "raw_stacked": rates["stacked"],
@@ -242,8 +267,25 @@ def main(argv: list[str] | None = None) -> int:
         [
             ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
             ["fit samples/s without checkpoint writes", training, training / r["raw64"], training / r["raw32"]],
-            ["raw samples/s, batch 64 (mean of before and after the fit)", r["raw64"], 1.0, r["raw64"] / r["raw32"]],
+            [
+                "raw samples/s, batch 64 (mean: before, after each round, after)",
+                r["raw64"],
+                1.0,
+                r["raw64"] / r["raw32"],
+            ],
             ["raw samples/s, batch 64, before the fit", r["raw64_before"], r["raw64_before"] / r["raw64"], "-"],
+            [
+                "raw samples/s, batch 64, slowest round",
+                min(r["raw64_rounds"]),
+                min(r["raw64_rounds"]) / r["raw64"],
+                "-",
+            ],
+            [
+                "raw samples/s, batch 64, fastest round",
+                max(r["raw64_rounds"]),
+                max(r["raw64_rounds"]) / r["raw64"],
+                "-",
+            ],
             ["raw samples/s, batch 64, after the fit", r["raw64_after"], r["raw64_after"] / r["raw64"], "-"],
             ["raw samples/s, batch 32", r["raw32"], r["raw32"] / r["raw64"], 1.0],
             [

@@ -1,16 +1,23 @@
 """Checkpoint files: streamed to disk, never torn, and the Trainer's default unless the user brings one."""
 
+import errno
+import threading
+
 import pytest
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from a2vgen.federation import FederatedTrainer, LocalCheckpointIO
+from a2vgen.federation import checkpoint_io as checkpoint_io_module
 
 
 def test_local_checkpoint_round_trips_and_leaves_no_temporary_file(tmp_path):
     state = {"weights": torch.randn(5, 3), "step": 7, "nested": {"moments": [torch.arange(4)]}}
     path = tmp_path / "deep" / "folder" / "x.ckpt"
-    LocalCheckpointIO().save_checkpoint(state, path)
+    io = LocalCheckpointIO()
+    io.save_checkpoint(state, path)
+    io.wait()  # synced and renamed into place in the background
     loaded = TorchCheckpointIO().load_checkpoint(path)
     assert torch.equal(loaded["weights"], state["weights"]) and loaded["step"] == 7
     assert torch.equal(loaded["nested"]["moments"][0], torch.arange(4))
@@ -38,3 +45,56 @@ def test_federated_trainer_writes_with_local_io_unless_given_another(tmp_path):
     mine = AsyncCheckpointIO()
     custom = FederatedTrainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, plugins=[mine])
     assert custom.strategy.checkpoint_io is mine
+
+
+@pytest.fixture
+def held_commit(monkeypatch):
+    """Holds every background commit (sync and rename) until the returned event is set."""
+    release = threading.Event()
+    commit = checkpoint_io_module.commit
+
+    def held(tmp, path):
+        release.wait(timeout=10)
+        commit(tmp, path)
+
+    monkeypatch.setattr(checkpoint_io_module, "commit", held)
+    return release
+
+
+def test_the_previous_checkpoint_stays_until_the_new_one_is_synced_and_each_read_waits_for_it(tmp_path, held_commit):
+    path = tmp_path / "last.ckpt"
+    io = LocalCheckpointIO()
+    io.save_checkpoint({"round": 1}, path)
+    held_commit.set()
+    assert io.load_checkpoint(path) == {"round": 1}
+    held_commit.clear()
+    io.save_checkpoint({"round": 2}, path)  # returns before the file is in place: training goes on
+    assert TorchCheckpointIO().load_checkpoint(path) == {"round": 1}  # a kill now resumes from round 1
+    threading.Timer(0.2, held_commit.set).start()
+    assert io.load_checkpoint(path) == {"round": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_failed_background_commit_is_raised_by_the_next_save_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = LocalCheckpointIO()
+    io.save_checkpoint({"round": 1}, path)
+    io.wait()
+
+    def full_disk(tmp, target):
+        tmp.unlink()
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(checkpoint_io_module, "commit", full_disk)
+    io.save_checkpoint({"round": 2}, path)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"round": 3}, path)
+    assert TorchCheckpointIO().load_checkpoint(path) == {"round": 1}
+
+
+def test_outside_fit_the_trainer_returns_once_the_file_is_in_place(tmp_path, held_commit):
+    trainer = FederatedTrainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(BoringModel())
+    threading.Timer(0.2, held_commit.set).start()
+    trainer.save_checkpoint(tmp_path / "x.ckpt", weights_only=True)
+    assert (tmp_path / "x.ckpt").is_file() and not (tmp_path / "x.ckpt.tmp").exists()

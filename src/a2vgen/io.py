@@ -19,10 +19,25 @@ def atomic_path(path: str | os.PathLike, shared: bool = False) -> Iterator[Path]
     ``path`` at the same time (a cache), so the temporary name is hidden and carries the process id.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if shared else f"{path.name}.tmp")
+    tmp = temporary_path(path, shared)
     try:
         yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit(tmp, path)
+
+
+def temporary_path(path: Path, shared: bool = False) -> Path:
+    """The temporary file beside ``path`` that :func:`commit` makes ``path`` (its folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp" if shared else f"{path.name}.tmp")
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Make the written file ``tmp`` ``path`` atomically: sync it, rename it over ``path``, sync the rename.
+    On failure ``tmp`` is removed and ``path`` is untouched."""
+    try:
         _fsync(tmp)
         os.replace(tmp, path)
     finally:

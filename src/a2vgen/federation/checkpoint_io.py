@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -12,30 +13,71 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from a2vgen.federation.checkpoint import read_checkpoint
 from a2vgen.federation.paging import page_mappings, release_paged_memory
-from a2vgen.io import atomic_path
+from a2vgen.io import commit, temporary_path
 
 
 class LocalCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that streams local checkpoints into the file with ``torch.save``.
 
     Lightning's default serializes the whole checkpoint into memory first and then copies it out (for a
-    117 MB checkpoint of the default generator: ~450 ms vs ~100 ms here). The file is written through
-    :func:`a2vgen.io.atomic_path`, so a failed or killed save never leaves a torn checkpoint at ``path``.
-    Remote paths (``s3://`` and the like) go through Lightning's own writer. Optimizer state paged out by
-    :class:`~a2vgen.federation.paging.OptimizerPager` is read from its files as it is written and its pages
-    are dropped again right after, so a checkpoint never holds all of it in memory at once.
+    117 MB checkpoint of the default generator: ~450 ms vs ~100 ms here). The file is written beside
+    ``path`` and renamed into place once synced to disk (:func:`a2vgen.io.commit`), so a failed or killed
+    save never leaves a torn checkpoint at ``path``. The sync and rename run on a background thread while
+    training goes on (the sync of a 1.2 GB checkpoint took 1.8 s): the file is in place by the next save or
+    load, by :meth:`wait`, and at the end of ``fit``; a killed run resumes from the previous checkpoint
+    until then. Remote paths (``s3://`` and the like) go through Lightning's own writer. Optimizer state
+    paged out by :class:`~a2vgen.federation.paging.OptimizerPager` is read from its files as it is written
+    and its pages are dropped again right after, so a checkpoint never holds all of it in memory at once.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._commit: tuple[threading.Thread, list[BaseException]] | None = None
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        self.wait()
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        tmp = temporary_path(path)
         maps = page_mappings() if "optimizer_states" in checkpoint else []
-        with atomic_path(path) as tmp:
+        try:
             if maps:
                 with open(tmp, "wb") as f:
                     torch.save(checkpoint, _ReleasingWriter(f, maps))
             else:
                 torch.save(checkpoint, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                commit(tmp, path)
+            except BaseException as err:  # re-raised by wait()
+                errors.append(err)
+
+        thread = threading.Thread(target=run, name=f"commit {path.name}")
+        thread.start()
+        self._commit = (thread, errors)
+
+    def wait(self) -> None:
+        """Return once the last save is in place (synced and renamed); raise its error if it failed."""
+        pending, self._commit = self._commit, None
+        if pending is not None:
+            thread, errors = pending
+            thread.join()
+            if errors:
+                raise errors[0]
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        self.wait()
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.wait()
+        super().teardown()
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
@@ -44,6 +86,7 @@ class LocalCheckpointIO(TorchCheckpointIO):
         used, so resuming a run of many generators never holds the file's bytes and the restored copies
         at once (see :meth:`~a2vgen.federation.loop.FederatedFitLoop.prepare`); tensors stay on the CPU
         until restored onto their parameters' device."""
+        self.wait()
         if weights_only is False or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().load_checkpoint(path, map_location, weights_only)
         return read_checkpoint(path, mmap=True, metadata=False)

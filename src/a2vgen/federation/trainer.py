@@ -15,6 +15,7 @@ from typing import Literal
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 
 from a2vgen import allocator
 from a2vgen.errors import UserError
@@ -202,6 +203,15 @@ class FederatedTrainerBase(Trainer):
                     with contextlib.suppress(OSError):
                         parent.rmdir()
             raise
+
+    def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
+        """Lightning's; outside ``fit`` the file is in place when this returns (during ``fit``,
+        :class:`~a2vgen.federation.checkpoint_io.LocalCheckpointIO` syncs and renames it in the background)."""
+        super().save_checkpoint(filepath, weights_only, storage_options)
+        fitting = self.state.fn == TrainerFn.FITTING and self.state.status == TrainerStatus.RUNNING
+        wait = getattr(self.strategy.checkpoint_io, "wait", None)
+        if not fitting and wait is not None:
+            wait()
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose=True, datamodule=None, weights_only=True):
         """Evaluate on every client's val split; from a run's checkpoint, results go to that run's folder."""

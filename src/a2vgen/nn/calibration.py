@@ -51,19 +51,19 @@ def top_positive(factors: torch.Tensor, weights: torch.Tensor, rank: int) -> tor
     coords = gram_vectors.transpose(-1, -2) * root[..., :, None]  # factors = span @ coords, span orthonormal
     values, vectors = torch.linalg.eigh((coords * weights.double()[..., None, :]) @ coords.transpose(-1, -2))
     values, vectors = values[..., -rank:].clamp_min(0), vectors[..., -rank:]
-    top = factors @ ((gram_vectors * inverse_root[..., None, :]) @ (vectors * values.sqrt()[..., None, :])).to(
-        factors.dtype
-    )
-    if top.shape[-1] < rank:  # fewer directions than the rank: pad with zeros
-        top = torch.cat([top.new_zeros(*top.shape[:-1], rank - top.shape[-1]), top], dim=-1)
-    return top.transpose(-1, -2)
+    coefficients = (gram_vectors * inverse_root[..., None, :]) @ (vectors * values.sqrt()[..., None, :])
+    # the basis as rows (coefficientsᵀ factorsᵀ), the layout it is stored in
+    top = coefficients.transpose(-1, -2).to(factors.dtype) @ factors.transpose(-1, -2)
+    if top.shape[-2] < rank:  # fewer directions than the rank: pad with zeros
+        top = torch.cat([top.new_zeros(*top.shape[:-2], rank - top.shape[-2], top.shape[-1]), top], dim=-2)
+    return top
 
 
 def pooled_basis(basis: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """The top ``r`` directions ``[..., r, F]`` of ``basisᵀ basis + factors factorsᵀ`` (``basis``: ``[..., r, F]``,
     ``factors``: ``[..., F, k]``): a low-rank sum of covariances."""
     rank = basis.shape[-2]
-    joined = torch.cat([basis.transpose(-1, -2), factors.to(basis.dtype)], dim=-1)
+    joined = torch.cat([basis, factors.transpose(-1, -2).to(basis.dtype)], dim=-2).transpose(-1, -2)
     return top_positive(joined, joined.new_ones(joined.shape[-1]).expand(*joined.shape[:-2], joined.shape[-1]), rank)
 
 
@@ -299,8 +299,10 @@ def pool(
         "data_var": state["data_var"] + (n[:, None] * var + between[:, None] * shift.square()),
     }
     if state["data_basis"].shape[1]:
-        factors = torch.cat([factor * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[..., None]], -1)
-        new["data_basis"] = pooled_basis(state["data_basis"], factors)
+        rows = torch.cat(
+            [factor.transpose(1, 2) * n.sqrt()[:, None, None], (shift * between.sqrt()[:, None])[:, None]], 1
+        )
+        new["data_basis"] = pooled_basis(state["data_basis"], rows.transpose(1, 2))
     return new
 
 
