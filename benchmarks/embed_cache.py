@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = write_mini_esc50(
-            tmp / "esc50", ["dog", "rooster"], clips_per_fold=1 if args.smoke else 4, seconds=seconds
+            tmp / "esc50", ["dog", "rooster"], clips_per_fold=1 if args.smoke else 3, seconds=seconds
         )
         if args.smoke:
             ast = build_tiny_ast(tmp / "ast")
