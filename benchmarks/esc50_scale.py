@@ -85,9 +85,9 @@ class CheckpointMeter:
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         folder = Path(path).parent
+        start = time.perf_counter()
         getattr(self.io, "wait", lambda: None)()  # the previous file's background rename: it frees the old file
         before = folder_bytes(folder)
-        start = time.perf_counter()
         self.io.save_checkpoint(checkpoint, path, storage_options)
         seconds = time.perf_counter() - start
         try:  # the file is renamed into place in the background, after its sync
@@ -156,6 +156,7 @@ def resume_contender(spec: dict) -> dict:
 
 
 def run_contender(spec: dict) -> dict:
+    import torch
     from lightning.pytorch import Callback
 
     from a2vgen.callbacks import ClassChangeResetCallback, RoundCheckpoint
@@ -185,7 +186,8 @@ def run_contender(spec: dict) -> dict:
 
         def on_round_end(self, trainer, module, round: int) -> None:
             start = time.perf_counter()
-            seconds, samples = c.raw_train(raw_dm, dims, 1, 1 if spec["smoke"] else 8, batch_size=64, best=True)
+            with torch.random.fork_rng():  # raw_train seeds the global generator: the fit's draws stay its own
+                seconds, samples = c.raw_train(raw_dm, dims, 1, 1 if spec["smoke"] else 8, batch_size=64, best=True)
             raw64_rounds.append(samples / seconds)
             round_visits.append((current[0], current[1]))
             current[:] = [0.0, 0.0]

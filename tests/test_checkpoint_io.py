@@ -8,8 +8,15 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
+from a2vgen.callbacks import RoundCheckpoint
+from a2vgen.errors import UserError
 from a2vgen.federation import FederatedTrainer, LocalCheckpointIO
 from a2vgen.federation import checkpoint_io as checkpoint_io_module
+from a2vgen.federation.checkpoint_io import CheckpointCommitError
+from a2vgen.modules import PerClassGenerator
+from conftest import module_for, small_datamodule
+from federation_helpers import federated_fit
+from test_resume import CLIENTS
 
 
 def test_local_checkpoint_round_trips_and_leaves_no_temporary_file(tmp_path):
@@ -87,9 +94,31 @@ def test_a_failed_background_commit_is_raised_by_the_next_save_and_keeps_the_pre
 
     monkeypatch.setattr(checkpoint_io_module, "commit", full_disk)
     io.save_checkpoint({"round": 2}, path)
-    with pytest.raises(OSError, match="No space left"):
-        io.save_checkpoint({"round": 3}, path)
+    with pytest.raises(CheckpointCommitError, match="No space left") as failed:
+        io.save_checkpoint({"round": 3}, tmp_path / "round-0003.ckpt")
+    assert failed.value.path == path  # the file whose commit failed, not the one being saved
     assert TorchCheckpointIO().load_checkpoint(path) == {"round": 1}
+
+
+@pytest.mark.parametrize(
+    "failing,named", [(None, "last.ckpt"), ("round-0002.ckpt", "round-0002.ckpt")], ids=["first", "final"]
+)
+def test_a_failed_commit_during_fit_is_a_user_error_naming_its_file(tmp_path, monkeypatch, failing, named):
+    """Surfacing at the next save (the first commit fails) or only when fit ends, after Lightning's teardown
+    (the final one fails), the error names the file whose commit failed."""
+    commit = checkpoint_io_module.commit
+
+    def fail(tmp, path):
+        if failing is not None and path.name != failing:
+            return commit(tmp, path)
+        tmp.unlink()
+        raise OSError(errno.EIO, "Input/output error", str(tmp))
+
+    monkeypatch.setattr(checkpoint_io_module, "commit", fail)
+    dm = small_datamodule(CLIENTS)
+    callbacks = [RoundCheckpoint(dirpath=tmp_path / "checkpoints", keep_last=1)]
+    with pytest.raises(UserError, match=rf"cannot write checkpoint \S*{named}: Input/output error"):
+        federated_fit(module_for(PerClassGenerator, dm), dm, callbacks=callbacks, max_rounds=2)
 
 
 def test_outside_fit_the_trainer_returns_once_the_file_is_in_place(tmp_path, held_commit):

@@ -99,3 +99,25 @@ def test_only_a_class_that_defines_stacked_forward_runs_it(monkeypatch, cls, han
     assert bool(vmapped) != hand_written
     ref = nets[1](x[1], [c[1] for c in cond], **{name: value[1] for name, value in kwargs.items()})
     torch.testing.assert_close(out.recon[1], ref.recon, rtol=1e-5, atol=1e-5)
+
+
+def test_a_subset_of_a_stack_runs_with_its_own_networks():
+    """Positions ``[0, 2]`` of three (some generators absent from a batch), a ``[D]`` conditioning tensor picked
+    by ``cond_index``: each output and gradient is that network's own."""
+    shapes = [[6, 8], [5]]
+    nets = networks(shapes)
+    x, cond, kwargs = inputs(shapes, indexed=True, noised=True)
+    x, cond, kwargs = x[:2], [c[:2] for c in cond], {name: value[:2] for name, value in kwargs.items()}
+    stack = StackedNetworks(nets)
+    out = stack([0, 2], (x, cond), kwargs)
+    grads = torch.autograd.grad(squares(out), list(stack.params.values()), allow_unused=True)
+    grads = dict(zip(stack.params, grads))
+    stack.release()
+    for j, k in enumerate([0, 2]):
+        ref = nets[k](x[j], [c[j] for c in cond], **{name: value[j] for name, value in kwargs.items()})
+        torch.testing.assert_close(out.recon[j], ref.recon, rtol=1e-5, atol=1e-5)
+        squares(ref).backward()
+        for name, p in nets[k].named_parameters():
+            if not name.endswith(SHIFT_INVARIANT):
+                torch.testing.assert_close(grads[name][k], p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    assert not bool(grads["decoder.body.5.weight"][1].any())  # the absent network gets no gradient

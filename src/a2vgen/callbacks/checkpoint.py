@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from a2vgen.errors import UserError
+from a2vgen.federation.checkpoint_io import CheckpointCommitError
 from a2vgen.federation.view import federation_of
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class RoundCheckpoint(ModelCheckpoint):
         try:
             trainer.save_checkpoint(str(path), weights_only=weights_only)
         except OSError as err:
+            path = err.path if isinstance(err, CheckpointCommitError) else path  # the previous save's file
             kept = path if path.exists() else "none yet"
             raise UserError(
                 f"cannot write checkpoint {path}: {err.strerror or err}; previous checkpoint: {kept} (intact); "
@@ -82,6 +84,9 @@ class RoundCheckpoint(ModelCheckpoint):
     def on_round_end(self, trainer, module, round: int) -> None:
         if trainer.fast_dev_run or not federation_of(trainer).config.due(round, self.every_n_rounds):
             return
+        wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
+        if wait is not None:  # the last round file may still be renamed into place in the background
+            wait()
         if self.keep_last:  # make room first: the current last.ckpt holds newer weights than these files
             older = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
             for old in older[: max(len(older) - self.keep_last + 1, 0)]:

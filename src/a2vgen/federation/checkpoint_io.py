@@ -16,6 +16,15 @@ from a2vgen.federation.paging import page_mappings, release_paged_memory
 from a2vgen.io import commit, temporary_path
 
 
+class CheckpointCommitError(OSError):
+    """A checkpoint written in full could not be synced or renamed into place (``path``: its file, where the
+    previous checkpoint is left intact)."""
+
+    def __init__(self, path: Path, err: BaseException) -> None:
+        super().__init__(getattr(err, "errno", None), getattr(err, "strerror", None) or str(err), str(path))
+        self.path = path
+
+
 class LocalCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that streams local checkpoints into the file with ``torch.save``.
 
@@ -32,7 +41,7 @@ class LocalCheckpointIO(TorchCheckpointIO):
 
     def __init__(self) -> None:
         super().__init__()
-        self._commit: tuple[threading.Thread, list[BaseException]] | None = None
+        self._commit: tuple[Path, threading.Thread, list[BaseException]] | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         self.wait()
@@ -41,42 +50,47 @@ class LocalCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = temporary_path(path)
         maps = page_mappings() if "optimizer_states" in checkpoint else []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                commit(tmp, path)
+            except BaseException as err:  # raised by wait()
+                errors.append(err)
+
         try:
             if maps:
                 with open(tmp, "wb") as f:
                     torch.save(checkpoint, _ReleasingWriter(f, maps))
             else:
                 torch.save(checkpoint, tmp)
+            thread = threading.Thread(target=run, name=f"commit {path.name}")
+            thread.start()
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                commit(tmp, path)
-            except BaseException as err:  # re-raised by wait()
-                errors.append(err)
-
-        thread = threading.Thread(target=run, name=f"commit {path.name}")
-        thread.start()
-        self._commit = (thread, errors)
+        self._commit = (path, thread, errors)
 
     def wait(self) -> None:
-        """Return once the last save is in place (synced and renamed); raise its error if it failed."""
-        pending, self._commit = self._commit, None
-        if pending is not None:
-            thread, errors = pending
-            thread.join()
-            if errors:
-                raise errors[0]
+        """Return once the last save is in place (synced and renamed); if that failed, raise
+        :class:`CheckpointCommitError` naming its file."""
+        if self._commit is None:
+            return
+        path, thread, errors = self._commit
+        thread.join()
+        self._commit = None
+        if errors:
+            raise CheckpointCommitError(path, errors[0]) from errors[0]
 
     def remove_checkpoint(self, path: str | Path) -> None:
         self.wait()
         super().remove_checkpoint(path)
 
     def teardown(self) -> None:
-        self.wait()
+        """The end of ``fit``: the last save is finished; an error of it is kept for :meth:`wait`, which
+        :meth:`~a2vgen.federation.trainer.FederatedTrainerBase.fit` calls once Lightning's teardown is done."""
+        if self._commit is not None:
+            self._commit[1].join()
         super().teardown()
 
     def load_checkpoint(

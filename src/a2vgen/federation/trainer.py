@@ -193,16 +193,32 @@ class FederatedTrainerBase(Trainer):
         existed = folder is not None and folder.exists()
         self._install_metrics_writers()
         try:
-            return super().fit(
-                model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only
-            )
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only)
         except Exception:
+            try:
+                self._wait_for_checkpoint()
+            except UserError as err:  # the fit's own error is the one raised
+                log.error("%s", err)
             if folder is not None and not existed and _holds_only_config(folder):
                 shutil.rmtree(folder, ignore_errors=True)
                 for parent in (folder.parent, folder.parent.parent):  # <save_dir>/<name>, <save_dir> if empty
                     with contextlib.suppress(OSError):
                         parent.rmdir()
             raise
+        self._wait_for_checkpoint()
+
+    def _wait_for_checkpoint(self) -> None:
+        """Wait for the last checkpoint's background sync and rename; its failure is a ``UserError``."""
+        wait = getattr(self.strategy.checkpoint_io, "wait", None)
+        if wait is None:
+            return
+        try:
+            wait()
+        except OSError as err:
+            raise UserError(
+                f"cannot write checkpoint {err.filename}: {err.strerror or err}; the previous checkpoint there is "
+                "intact: free space and resume with --ckpt_path last"
+            ) from err
 
     def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
         """Lightning's; outside ``fit`` the file is in place when this returns (during ``fit``,
