@@ -14,6 +14,15 @@ from a2vgen.nn.conditioning import ConditionEncoder
 from a2vgen.nn.registry import register_generator
 from a2vgen.nn.standardize import Standardizer
 
+LOGVAR_RANGE = (-30.0, 20.0)  # the encoder's log-variances are clamped to it
+
+
+def latents(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """The reparameterized latents ``mu + eps * std`` (``eps``: standard normal noise, drawn when not given)."""
+    if eps is None:
+        eps = torch.randn_like(mu)
+    return mu + eps * torch.exp(0.5 * logvar)
+
 
 class VAEOutput(NamedTuple):
     """``recon`` and ``target`` are in the standardized space (see :class:`ConditionalVAE`)."""
@@ -198,7 +207,7 @@ class ConditionalVAE(nn.Module):
     def encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``mu, logvar`` of ``x`` given conditioning vectors ``c`` (from :meth:`condition`)."""
         mu, logvar = self.encoder(x.flatten(1), c).chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def cond_mean(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
         """The standardized class mean ``[n, L, D]`` predicted from conditioning vectors ``c`` (0 without)."""
@@ -224,10 +233,7 @@ class ConditionalVAE(nn.Module):
         mean = self.cond_mean(c, x.shape[0])
         seen = target if encoder_input is None else self.audio_norm(encoder_input)
         mu, logvar = self.encode(seen - mean.detach(), c)
-        if eps is None:
-            eps = torch.randn_like(mu)
-        z = mu + eps * torch.exp(0.5 * logvar)
-        return VAEOutput(self.decode(z, c), mu, logvar, target, mean)
+        return VAEOutput(self.decode(latents(mu, logvar, eps), c), mu, logvar, target, mean)
 
     def stacked_forward(
         self,
@@ -255,11 +261,8 @@ class ConditionalVAE(nn.Module):
         mean = flat.new_zeros(flat.shape) if self.mean_head is None else stacked.linear(c, params, "mean_head")
         seen = flat if encoder_input is None else stacked.standardize(encoder_input, buffers, "audio_norm").flatten(2)
         mu, logvar = stacked.conditioned_mlp(seen - mean.detach(), c, params, "encoder").chunk(2, dim=-1)
-        logvar = logvar.clamp(-30.0, 20.0)
-        if eps is None:
-            eps = torch.randn_like(mu)
-        z = mu + eps * torch.exp(0.5 * logvar)
-        recon = mean + stacked.conditioned_mlp(z, c, params, "decoder")
+        logvar = logvar.clamp(*LOGVAR_RANGE)
+        recon = mean + stacked.conditioned_mlp(latents(mu, logvar, eps), c, params, "decoder")
         shape = (k, n, *self.audio_shape)
         return VAEOutput(recon.view(shape), mu, logvar, target, mean.view(shape))
 
