@@ -4,7 +4,13 @@ import torch
 
 from a2vgen.federation.aggregation import weighted_average
 from a2vgen.nn import ConditionalVAE
-from a2vgen.nn.calibration import SamplingCalibration, covariance_gap_basis, group_factors, pooled_basis
+from a2vgen.nn.calibration import (
+    SamplingCalibration,
+    covariance_gap_basis,
+    group_factors,
+    pooled_basis,
+    top_directions,
+)
 
 
 def test_group_factors_give_each_groups_mean_and_covariance():
@@ -23,6 +29,18 @@ def test_group_factors_give_each_groups_mean_and_covariance():
     assert labels.tolist() == [4] and counts.tolist() == [11] and factors.shape == (1, 6, 11)
     assert torch.allclose(means[0], x.mean(0)) and torch.allclose(variances[0], x.var(0))
     assert torch.allclose(factors[0] @ factors[0].t(), torch.cov(x.t()))
+
+
+def test_top_directions_are_the_covariances_top_eigenvectors():
+    g = torch.Generator().manual_seed(0)
+    for columns in (12, 3):  # more factor columns than the rank, and fewer (zero rows pad the basis)
+        factors = torch.randn(2, 20, columns, generator=g, dtype=torch.float64)
+        basis = top_directions(factors, 5)
+        assert basis.shape == (2, 5, 20)
+        for k in range(2):
+            values, vectors = torch.linalg.eigh(factors[k] @ factors[k].T)
+            top = (vectors[:, -5:] * values[-5:].clamp_min(0)) @ vectors[:, -5:].T
+            assert torch.allclose(basis[k].T @ basis[k], top, atol=1e-9)
 
 
 def test_low_rank_sums_recover_the_directions_the_decoder_misses():

@@ -59,12 +59,25 @@ def top_positive(factors: torch.Tensor, weights: torch.Tensor, rank: int) -> tor
     return top
 
 
+def top_directions(factors: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top-``rank`` part of ``factors factorsᵀ`` (``factors``: ``[..., F, k]``) as a basis ``[..., rank, F]``:
+    :func:`top_positive` with every weight one, from one small eigendecomposition (``factors v`` for the
+    top eigenvectors ``v`` of ``factorsᵀ factors`` are the covariance's top directions, scaled by their
+    standard deviations)."""
+    rows = factors.transpose(-1, -2)  # [..., k, F]
+    _, vectors = torch.linalg.eigh((rows @ factors).double())  # float64: see top_positive
+    top = vectors[..., -rank:].transpose(-1, -2).to(factors.dtype) @ rows
+    if top.shape[-2] < rank:  # fewer directions than the rank: pad with zeros
+        top = torch.cat([top.new_zeros(*top.shape[:-2], rank - top.shape[-2], top.shape[-1]), top], dim=-2)
+    return top
+
+
 def pooled_basis(basis: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """The top ``r`` directions ``[..., r, F]`` of ``basisᵀ basis + factors factorsᵀ`` (``basis``: ``[..., r, F]``,
     ``factors``: ``[..., F, k]``): a low-rank sum of covariances."""
     rank = basis.shape[-2]
     joined = torch.cat([basis, factors.transpose(-1, -2).to(basis.dtype)], dim=-2).transpose(-1, -2)
-    return top_positive(joined, joined.new_ones(joined.shape[-1]).expand(*joined.shape[:-2], joined.shape[-1]), rank)
+    return top_directions(joined, rank)
 
 
 def covariance_gap_basis(data: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
@@ -229,7 +242,7 @@ class SamplingCalibration(nn.Module):
         if rank:
             joined = torch.cat([c.data_basis * w.sqrt()[:, None, None] for c, w in zip(copies, weights)], dim=1)
             with one_thread():
-                state["data_basis"] = top_positive(joined.transpose(-1, -2), joined.new_ones(joined.shape[1]), rank)
+                state["data_basis"] = top_directions(joined.transpose(-1, -2), rank)
         else:
             state["data_basis"] = self.data_basis.clone()
         return state
@@ -271,7 +284,7 @@ class SamplingCalibration(nn.Module):
                 rest = self.data_var[row] / mass - ref_var[0]
                 out[pick] += self.data_mean[row] / mass - ref_mean[0]
                 if weights is not None:
-                    decoded_top = top_positive(ref_factor[0], ref_factor.new_ones(ref_factor.shape[-1]), rank)
+                    decoded_top = top_directions(ref_factor[0], rank)
                     gap = covariance_gap_basis(self.data_basis[row] / mass.sqrt(), decoded_top)
                     rest = rest - gap.square().sum(0)
                     out[pick] += weights[pick] @ gap
