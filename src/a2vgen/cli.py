@@ -18,6 +18,7 @@ from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from a2vgen.console import log_to_stderr
 from a2vgen.data.datamodule import FederatedDataModule
 from a2vgen.errors import UserError
 from a2vgen.federation.checkpoint import module_class, read_checkpoint
@@ -221,14 +222,6 @@ REFUSED_ARGS = {
 }
 
 
-def _configure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[a2vgen] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-
-
 def _run(args: list[str], from_argv: bool) -> None:
     if args and args[0] in TOOLS:
         TOOLS[args[0]](args[1:])
@@ -258,7 +251,7 @@ def main(args: list[str] | None = None) -> None:
         args.remove("--debug")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # modules the user names (--model x.Y, --imports) load from here
-    _configure_logging()
+    log_to_stderr()
     try:
         _run(args, from_argv)
     except USER_ERRORS as err:

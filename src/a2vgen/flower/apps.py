@@ -6,25 +6,15 @@ without it (in deployment every message starts a fresh ClientApp process).
 
 from __future__ import annotations
 
-import logging
-
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from a2vgen.console import log_to_stderr
 from a2vgen.flower.settings import FlowerSettings, node_client
 
 server_app = ServerApp()
 client_app = ClientApp()
-
-
-def _log_to_stderr() -> None:
-    logger = logging.getLogger("a2vgen")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[a2vgen] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 @server_app.main()
@@ -32,7 +22,7 @@ def serve(grid: Grid, context: Context) -> None:
     """Fit the run of the app's config, each visit trained by its client's node."""
     from a2vgen.flower.server import run_server
 
-    _log_to_stderr()
+    log_to_stderr()
     run_server(grid, FlowerSettings.from_run_config(dict(context.run_config)))
 
 
@@ -49,6 +39,6 @@ def visit(message: Message, context: Context) -> Message:
     """Train one visit of this node's client and send back its state, stats and reset events."""
     from a2vgen.flower.node import run_visit
 
-    _log_to_stderr()
+    log_to_stderr()
     settings = FlowerSettings.from_run_config(dict(context.run_config))
     return Message(run_visit(message.content, dict(context.node_config), settings), reply_to=message)
