@@ -10,6 +10,7 @@ ROOT = Path(a2vgen.__file__).parent
 # lower number = lower floor; a module may import its own package and packages on lower floors only
 FLOORS = {
     "errors": 0, "io": 0, "seeding": 0, "lightning_adapter": 0, "plots": 0, "batch": 0, "allocator": 0,
+    "console": 0,
     "nn": 1, "encoders": 1, "metrics": 1,
     "modules": 2, "data": 2,
     "federation": 3,
