@@ -25,9 +25,10 @@ class StderrHandler(logging.StreamHandler):
 
 
 def log_to_stderr() -> None:
-    """Send the ``a2vgen`` logger's INFO records to standard error as ``[a2vgen] message`` (once per process)."""
+    """Send the ``a2vgen`` logger's INFO records to standard error as ``[a2vgen] message``, unless it has a
+    handler already (this one, from an earlier call, or the user's own)."""
     logger = logging.getLogger("a2vgen")
-    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+    if not logger.handlers:
         handler = StderrHandler()
         handler.setFormatter(logging.Formatter("[a2vgen] %(message)s"))
         logger.addHandler(handler)
