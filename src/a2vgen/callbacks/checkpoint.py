@@ -7,8 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from a2vgen.errors import UserError
-from a2vgen.federation.checkpoint_io import CheckpointCommitError
+from a2vgen.federation.checkpoint_io import CheckpointCommitError, write_error
 from a2vgen.federation.view import federation_of
 
 log = logging.getLogger(__name__)
@@ -64,11 +63,7 @@ class RoundCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(str(path), weights_only=weights_only)
         except OSError as err:
             path = err.path if isinstance(err, CheckpointCommitError) else path  # the previous save's file
-            kept = path if path.exists() else "none yet"
-            raise UserError(
-                f"cannot write checkpoint {path}: {err.strerror or err}; previous checkpoint: {kept} (intact); "
-                "free space and resume with --ckpt_path last"
-            ) from err
+            raise write_error(path, err) from err
 
     def _save_last(self, trainer) -> None:
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"

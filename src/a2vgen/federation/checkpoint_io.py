@@ -11,6 +11,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from a2vgen.errors import UserError
 from a2vgen.federation.checkpoint import read_checkpoint
 from a2vgen.federation.paging import page_mappings, release_paged_memory
 from a2vgen.io import commit, temporary_path
@@ -23,6 +24,16 @@ class CheckpointCommitError(OSError):
     def __init__(self, path: Path, err: BaseException) -> None:
         super().__init__(getattr(err, "errno", None), getattr(err, "strerror", None) or str(err), str(path))
         self.path = path
+
+
+def write_error(path: Path, err: OSError) -> UserError:
+    """The user's error for a checkpoint that could not be written to ``path`` (the file there, if any, is
+    the previous checkpoint, intact)."""
+    kept = path if path.exists() else "none yet"
+    return UserError(
+        f"cannot write checkpoint {path}: {err.strerror or err}; previous checkpoint: {kept} (intact); "
+        "free space and resume with --ckpt_path last"
+    )
 
 
 class LocalCheckpointIO(TorchCheckpointIO):

@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 
 from a2vgen import allocator
 from a2vgen.errors import UserError
-from a2vgen.federation.checkpoint_io import LocalCheckpointIO
+from a2vgen.federation.checkpoint_io import CheckpointCommitError, LocalCheckpointIO, write_error
 from a2vgen.federation.compat import check_checkpoint
 from a2vgen.federation.config import FederationConfig
 from a2vgen.federation.loop import FederatedFitLoop
@@ -214,11 +214,8 @@ class FederatedTrainerBase(Trainer):
             return
         try:
             wait()
-        except OSError as err:
-            raise UserError(
-                f"cannot write checkpoint {err.filename}: {err.strerror or err}; the previous checkpoint there is "
-                "intact: free space and resume with --ckpt_path last"
-            ) from err
+        except CheckpointCommitError as err:
+            raise write_error(err.path, err) from err
 
     def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
         """Lightning's; outside ``fit`` the file is in place when this returns (during ``fit``,
