@@ -176,3 +176,46 @@ def test_each_stacked_generator_is_clipped_on_its_own(micro_steps):
         for key in stats:
             norm = torch.nn.utils.get_total_norm([p.grad for p in module.bank[key].parameters()])
             torch.testing.assert_close(norm, torch.tensor(1e-3), rtol=1e-3, atol=0)
+
+
+class SharedTemperature(NoiselessPerClass):
+    """Scales every generator's loss by one learned temperature: a parameter outside the generators."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_temperature = torch.nn.Parameter(torch.tensor(0.3))
+
+    def loss_parts(self, net, outputs, audio, cond, age, cond_index=None):
+        parts = super().loss_parts(net, outputs, audio, cond, age, cond_index)
+        parts["loss"] = parts["loss"] * self.log_temperature.exp() - self.log_temperature
+        return parts
+
+
+def test_stacked_backward_reaches_a_lone_generator_and_parameters_outside_the_generators():
+    """A stacked generator whose key holds fewer samples than the others in a batch runs apart in that
+    step, and the module's own parameter gets gradients from every key: both as without stacking."""
+    dm = small_datamodule(CLIENTS)
+    module = module_for(SharedTemperature, dm)
+    module.train()
+    keys = ["dog", "rain", "rooster"]
+    class_idx = torch.tensor([dm.classes.index(k) for k in keys for _ in range(3)][:8])
+    batch = {  # three samples each of dog and rain, two of rooster: rooster's generator runs alone
+        "audio": torch.randn(8, *dm.audio_shape, generator=torch.Generator().manual_seed(1)),
+        "cond": [c[class_idx].clone() for c in dm.class_cond],
+        "class_idx": class_idx,
+        "index": torch.arange(8),
+    }
+
+    def gradients(stack: bool) -> dict[str, torch.Tensor]:
+        module.zero_grad(set_to_none=True)
+        with module.stacking(keys if stack else []):
+            loss, _ = module.shared_step(batch)
+            module.backward(loss)
+            return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+    apart, stacked = gradients(stack=False), gradients(stack=True)
+    rooster = f"bank.slots.{module.bank.keys.index('rooster')}.net."
+    assert "log_temperature" in stacked and any(name.startswith(rooster) for name in stacked)
+    assert stacked.keys() == apart.keys()
+    for name, grad in apart.items():
+        torch.testing.assert_close(stacked[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -136,6 +136,8 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         self._epoch_keys: set[str] = set()
         self._visit_stats: dict[str, torch.Tensor] = {}
         self._stacks: dict[nn.Module, tuple[StackedNetworks, int]] = {}
+        self._free_params: list[nn.Parameter] = []  # while stacking: see StackedSteps.backward
+        self._ran_apart: list[nn.Module] = []
 
     # ------------------------------------------------------------------ hooks for subclasses
     def configure_keys(self, classes: list[str]) -> dict[str, str]:

@@ -51,12 +51,20 @@ class StackedSteps:
                     by_structure[structure(net)].append(net)
         stacks = [StackedNetworks(nets) for nets in by_structure.values() if len(nets) > 1]
         self._stacks = {net: (stack, k) for stack in stacks for k, net in enumerate(stack.nets)}
+        self._free_params = self.free_parameters()
         try:
             yield bool(stacks)
         finally:
             for stack in stacks:
                 stack.release()
-            self._stacks = {}
+            self._stacks, self._free_params, self._ran_apart = {}, [], []
+
+    def free_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of this module outside the current bank's generator networks (collected
+        when stacking starts: :meth:`backward` differentiates them and the networks that ran apart, not every
+        parameter of every generator)."""
+        nets = {id(p) for slot in self.bank.slots for p in slot.net.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in nets]
 
     def stacked_losses(self, inputs: list[GroupInput]) -> list[dict[str, torch.Tensor]]:
         """The loss parts of every group (see :meth:`compute_loss`): groups whose generators are stacked
@@ -89,6 +97,7 @@ class StackedSteps:
             audio = torch.stack([inputs[i][1] for i in members])
             for i, output in zip(members, unstack(stack(positions, (audio, stacked), kwargs), len(members))):
                 outputs[i] = output
+        self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in outputs]
         out = []
         with SamplingCalibration.deferred():  # the calibrations of a stack update as one batch
             for i, (slot, a, c, ci) in enumerate(inputs):
@@ -104,7 +113,9 @@ class StackedSteps:
         if not stacks or args or kwargs or not torch.is_grad_enabled():
             return super().backward(loss, *args, **kwargs)
         stacked = [(stack, name, tensor) for stack in stacks for name, tensor in stack.params.items()]
-        others = [p for p in self.parameters() if p.requires_grad]  # e.g. a stacked generator trained apart
+        # the generators this step ran apart (a stacked one too, when alone in its set) and what is not a generator
+        apart = dict.fromkeys(p for net in self._ran_apart for p in net.parameters() if p.requires_grad)
+        others = list(apart) + [p for p in self._free_params if p not in apart]
         inputs = [tensor for _, _, tensor in stacked] + others
         grads = torch.autograd.grad(loss, inputs, allow_unused=True)
         per_stack: dict[StackedNetworks, dict] = {stack: {} for stack in stacks}
