@@ -394,12 +394,13 @@ def raw_train(
 
 def raw_stacked_train(dm, dims: dict, keys: int, batch_size: int, steps: int, seed: int = 0) -> tuple[float, float]:
     """The best case of training ``keys`` generators in one batched step: their weights stacked once
-    (``torch.func.stack_module_state``) and run with ``vmap`` over keys, ``batch_size`` samples each, the
-    loss of :func:`raw_train` summed over keys, one fused AdamW over the stacked weights (no per-key
-    gradient clipping, no calibration). An upper bound for the fit of per-class generators whose classes
-    hold ``batch_size`` clips. Returns ``(seconds, samples)`` of ``steps`` steps after one warm-up step."""
+    (``torch.func.stack_module_state``) and run by the network's own batched forward (``stacked_forward``, as
+    the fit runs it), ``batch_size`` samples each, the loss of :func:`raw_train` summed over keys, one fused
+    AdamW over the stacked weights (no per-key gradient clipping, no calibration, no Lightning). An upper
+    bound for the fit of per-class generators whose classes hold ``batch_size`` clips. Returns
+    ``(seconds, samples)`` of ``steps`` steps after one warm-up step."""
     import torch
-    from torch.func import functional_call, stack_module_state, vmap
+    from torch.func import stack_module_state
 
     from a2vgen.nn.cvae import ConditionalVAE
     from a2vgen.nn.loss import vae_loss_terms
@@ -408,27 +409,21 @@ def raw_stacked_train(dm, dims: dict, keys: int, batch_size: int, steps: int, se
     nets = [ConditionalVAE(dm.audio_shape, dm.cond_shapes, **dims) for _ in range(keys)]
     params, buffers = stack_module_state(nets)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
-    template = nets[0].to("meta")
     opt = torch.optim.AdamW(list(params.values()), lr=1e-3, weight_decay=1e-5, fused=True)
     audio, labels, cond = client_tensors(dm, dm.clients[0])
     rows = torch.randint(len(labels), (keys, batch_size))
     a, cls = audio[rows], labels[rows]  # [K, B, L, D], [K, B]
     cond = [t[cls[:, 0]][:, None] for t in cond]  # one class row per key: [K, 1, ...]
-    index = torch.zeros(batch_size, dtype=torch.long)
-
-    def loss(p, b, x, c, noise):
-        recon, mu, logvar, *_ = functional_call(
-            template, (p, b), (x, list(c)), {"encoder_input": x + 0.1 * noise, "cond_index": index}
-        )
-        parts = vae_loss_terms(recon, x, mu, logvar)
-        return (parts["mse"] + 0.01 * parts["kl"] + 0.01 * parts["cos"]).mean()
-
-    step = vmap(loss, randomness="different")
+    index = torch.zeros(keys, batch_size, dtype=torch.long)
     start = 0.0
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()
-        total = step(params, buffers, a, cond, torch.randn_like(a)).sum()
+        out = nets[0].stacked_forward(
+            params, buffers, a, cond, encoder_input=a + 0.1 * torch.randn_like(a), cond_index=index
+        )
+        parts = vae_loss_terms(*(t.flatten(0, 1) for t in (out.recon, out.target, out.mu, out.logvar)))
+        total = (parts["mse"] + 0.01 * parts["kl"] + 0.01 * parts["cos"]).view(keys, batch_size).mean(1).sum()
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()

@@ -5,7 +5,7 @@ sample-epochs), shared ``PerClassGenerator`` with the ``ClassChangeResetCallback
 demo data of SD shape (4 x 768 audio tokens, 77 x 768 conditioning), batch 64 (a key-grouped batch holds one
 class: 32 samples), ``RoundCheckpoint(every_n_rounds=5, keep_last=1)``. One fresh process measures the
 raw rates (a plain loop of the default ``ConditionalVAE`` with fused AdamW at batch 64 and 32, and the
-best case of a batched multi-generator step: 10 generators' weights stacked and run with ``vmap``, 32
+best case of a batched multi-generator step: 10 generators' weights stacked and run by its ``stacked_forward``, 32
 samples each), then the fit (the trainer's defaults: ``stack_generators`` on), measuring the batch-64 rate
 again after every round (a fresh raw net for 8 epochs, ~0.4 s, not counted in the fit's time) and after the fit; ratios
 are against the mean of these batch-64 rates, so they compare numbers of one process while the machine's
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             ["raw samples/s, batch 64, after the fit", r["raw64_after"], r["raw64_after"] / r["raw64"], "-"],
             ["raw samples/s, batch 32", r["raw32"], r["raw32"] / r["raw64"], 1.0],
             [
-                f"raw samples/s, {STACKED_KEYS} generators stacked, 32 each",
+                f"raw samples/s, {STACKED_KEYS} generators stacked, 32 each (bound)",
                 r["raw_stacked"],
                 r["raw_stacked"] / r["raw64"],
                 r["raw_stacked"] / r["raw32"],
