@@ -10,6 +10,7 @@ from a2vgen.nn.calibration import (
     group_factors,
     pooled_basis,
     top_directions,
+    top_positive,
 )
 
 
@@ -41,6 +42,26 @@ def test_top_directions_are_the_covariances_top_eigenvectors():
             values, vectors = torch.linalg.eigh(factors[k] @ factors[k].T)
             top = (vectors[:, -5:] * values[-5:].clamp_min(0)) @ vectors[:, -5:].T
             assert torch.allclose(basis[k].T @ basis[k], top, atol=1e-9)
+
+
+def test_bases_of_mostly_zero_factors_like_fedavgs_joined_copies():
+    """FedAvg joins every copy's basis (here 50 copies x rank 8): most are zero (copies that never saw the
+    class), some rows nearly so. Plain float64 ``eigh`` of such Gram matrices failed to converge on an AVX-512
+    Xeon (37 of 40 draws like these); the result must be the covariance's top directions all the same."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        rows = torch.zeros(10, 400, 64)
+        for b in range(10):
+            strong = torch.randn(4, 64, generator=g) * 3
+            tiny = torch.randn(4, 64, generator=g) * 1e-7
+            rows[b, torch.randperm(400, generator=g)[:8]] = torch.cat([strong, tiny])
+        factors = rows.transpose(-1, -2)
+        for basis in (top_directions(factors, 8), top_positive(factors, torch.ones(10, 400), 8)):
+            cov = (factors @ rows).double()
+            values, vectors = torch.linalg.eigh(cov)  # [64, 64]: the direct way, fine at this size
+            top = (vectors[..., -8:] * values[..., None, -8:].clamp_min(0)) @ vectors[..., -8:].transpose(-1, -2)
+            got = (basis.transpose(-1, -2) @ basis).double()
+            torch.testing.assert_close(got, top, rtol=1e-4, atol=1e-4 * float(top.abs().max()))
 
 
 def test_low_rank_sums_recover_the_directions_the_decoder_misses():
