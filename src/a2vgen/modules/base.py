@@ -13,7 +13,7 @@ from torch import nn
 from a2vgen.modules.bank import ADAPTER_KEY
 from a2vgen.modules.keyed import KeyedGenerators
 from a2vgen.modules.registry import MODULES
-from a2vgen.modules.stacked_steps import StackedSteps
+from a2vgen.modules.stacked_steps import GroupInput, StackedSteps
 from a2vgen.modules.stacking import StackedNetworks
 from a2vgen.modules.steps import GeneratorSteps
 from a2vgen.nn.adapter import AudioPromptAdapter
@@ -217,15 +217,39 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
                 parts["mse"] + self.schedule.beta(age) * parts["kl"] + self.schedule.sim_weight(age) * parts["cos"]
             )
             return parts
-        parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var)
-        sq = (cond_mean - target).pow(2)  # the class mean from the conditioning alone: a calibrated regression
-        var = sq.detach().mean(0).clamp_min(hp.min_noise_var)
-        parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(1).sum(1)
         if self.training and audio.shape[0] > 1:
             net.track_latents(mu.detach(), logvar.detach())
             net.calibrate(target, cond, cond_index)
+        return self.elbo_parts(outputs, age)
+
+    def stacked_loss_parts(self, inputs: list[GroupInput], outputs: tuple) -> list[dict[str, torch.Tensor]] | None:
+        """:meth:`loss_parts` of a stack's generators at once (``inputs``: each one's ``(slot, audio, cond,
+        cond_index)``; ``outputs``: their stacked forward, every tensor ``[K, B, ...]``), as one batched
+        computation instead of ``K``. ``None`` where the loss is not the base one (a subclass's own
+        :meth:`loss_parts`, or the original objective): the caller then scores each generator apart."""
+        if type(self).loss_parts is not BaseGeneratorModule.loss_parts or self.hparams.objective == "original":
+            return None
+        _, mu, logvar, target, _ = outputs
+        if self.training and target.shape[1] > 1:
+            for k, (slot, _, cond, cond_index) in enumerate(inputs):
+                slot.net.track_latents(mu[k].detach(), logvar[k].detach())
+                slot.net.calibrate(target[k], cond, cond_index)
+        parts = self.elbo_parts(outputs, torch.stack([slot.age for slot, *_ in inputs]), sample_dim=1)
+        return [dict(zip(parts, values)) for values in zip(*(part.unbind(0) for part in parts.values()))]
+
+    def elbo_parts(self, outputs: tuple, age: torch.Tensor, sample_dim: int = 0) -> dict[str, torch.Tensor]:
+        """The default objective's per-sample parts from a VAE's ``outputs`` (``sample_dim=1``: stacked
+        generators' outputs ``[K, B, ...]`` and their ``age`` ``[K]``; parts ``[K, B]``)."""
+        hp = self.hparams
+        recon, mu, logvar, target, cond_mean = outputs
+        parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var, sample_dim)
+        sq = (cond_mean - target).pow(2)  # the class mean from the conditioning alone: a calibrated regression
+        var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(hp.min_noise_var)
+        parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(sample_dim + 1).sum(-1)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
-        parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / target[0].numel()
+        per_sample = target[(0,) * (sample_dim + 1)].numel()
+        kl_weight = kl_weight.view(*kl_weight.shape, *[1] * (parts["kl"].dim() - kl_weight.dim()))
+        parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / per_sample
         return parts
 
     # ------------------------------------------------------------------ checkpoints

@@ -21,9 +21,10 @@ GroupInput = tuple[GeneratorSlot, torch.Tensor, list[torch.Tensor], "torch.Tenso
 
 
 class StackedSteps:
-    """Stacks a visit's generators (:meth:`stacking`), computes a batch's losses with one vmapped forward per
-    stack (:meth:`stacked_losses`, called by ``shared_step``) and hands the stacked gradients out per
-    generator (:meth:`backward`), so clipping and AdamW see each generator as when trained apart.
+    """Stacks a visit's generators (:meth:`stacking`), computes a batch's losses with one batched forward and,
+    where the module keeps the base loss, one batched loss per stack (:meth:`stacked_losses`, called by
+    ``shared_step``) and hands the stacked gradients out per generator (:meth:`backward`), so clipping and
+    AdamW see each generator as when trained apart.
 
     A mixin of :class:`~a2vgen.modules.base.BaseGeneratorModule` (``_stacks`` maps each stacked network to
     its stack and position).
@@ -81,6 +82,7 @@ class StackedSteps:
             if entry is not None:
                 sets[(id(entry[0]), a.shape[0], c[0].shape[0] if c else 0, ci is None)].append(i)
         outputs: dict[int, tuple] = {}
+        stacked_outputs: list[tuple[list[int], tuple]] = []
         noise: dict[int, dict[str, torch.Tensor]] = {}
         for i, (slot, a, _, _) in enumerate(inputs):  # random inputs drawn in batch order, as apart
             noise[i] = self.draw_noise(slot.net, a)
@@ -95,15 +97,20 @@ class StackedSteps:
             if inputs[members[0]][3] is not None:
                 kwargs["cond_index"] = torch.stack([inputs[i][3] for i in members])
             audio = torch.stack([inputs[i][1] for i in members])
-            for i, output in zip(members, unstack(stack(positions, (audio, stacked), kwargs), len(members))):
-                outputs[i] = output
+            output = stack(positions, (audio, stacked), kwargs)
+            stacked_outputs.append((members, output))
+            outputs.update(zip(members, unstack(output, len(members))))
         self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in outputs]
-        out = []
+        parts: dict[int, dict[str, torch.Tensor]] = {}
         with SamplingCalibration.deferred():  # the calibrations of a stack update as one batch
+            for members, output in stacked_outputs:  # one batched loss per stack, where the loss allows
+                scored = self.stacked_loss_parts([inputs[i] for i in members], output)
+                parts.update(zip(members, scored) if scored is not None else [])
             for i, (slot, a, c, ci) in enumerate(inputs):
-                output = outputs[i] if i in outputs else slot.net(a, c, cond_index=ci, **noise[i])
-                out.append(self.loss_parts(slot.net, output, a, c, slot.age, ci))
-        return out
+                if i not in parts:
+                    output = outputs[i] if i in outputs else slot.net(a, c, cond_index=ci, **noise[i])
+                    parts[i] = self.loss_parts(slot.net, output, a, c, slot.age, ci)
+        return [parts[i] for i in range(len(inputs))]
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         """While stacking: the gradients of the stacked weights and of every other parameter in one

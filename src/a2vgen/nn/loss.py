@@ -43,7 +43,12 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_elbo_terms(
-    recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, min_var: float = 1e-3
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    min_var: float = 1e-3,
+    sample_dim: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-sample parts of a Gaussian-decoder ELBO with a calibrated decoder variance.
 
@@ -52,10 +57,11 @@ def gaussian_elbo_terms(
     The reconstruction is then weighed against the KL at its true scale, which keeps the latent in use
     where an element-mean MSE with a small β lets it collapse to the prior. Returns ``nll`` (summed over
     elements), ``kl`` (summed over latent dimensions), ``mse`` (element mean, for reading), each ``[B]``,
-    and the per-element variance used (``target``'s shape without the batch axis).
+    and the per-element variance used (``target``'s shape without the batch axis). ``sample_dim=1`` scores
+    stacked generators' outputs ``[K, B, ...]``, each over its own batch: parts ``[K, B]``, variance ``[K, ...]``.
     """
     sq = (recon - target).pow(2)
-    var = sq.detach().mean(0).clamp_min(min_var)
-    nll = 0.5 * (sq / var + var.log() + LOG_2PI).flatten(1).sum(1)
-    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1)
-    return {"nll": nll, "kl": kl, "mse": sq.flatten(1).mean(1)}, var
+    var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(min_var)
+    nll = 0.5 * (sq / var + var.log() + LOG_2PI).flatten(sample_dim + 1).sum(-1)
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1)
+    return {"nll": nll, "kl": kl, "mse": sq.flatten(sample_dim + 1).mean(-1)}, var.squeeze(sample_dim)
