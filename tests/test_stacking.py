@@ -219,3 +219,28 @@ def test_stacked_backward_reaches_a_lone_generator_and_parameters_outside_the_ge
     assert stacked.keys() == apart.keys()
     for name, grad in apart.items():
         torch.testing.assert_close(stacked[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_stacks_batched_loss_equals_each_generators_own():
+    """Every loss part of the batched scoring (one call for the stack) equals the generator's own
+    ``loss_parts``, generators of different ages (KL warm-up) included; a subclass's own ``loss_parts`` is
+    never bypassed."""
+    dm = small_datamodule(CLIENTS)
+    module = module_for(PerClassGenerator, dm, beta_warmup_epochs=4)
+    module.eval()  # the scoring alone: no calibration or latent tracking
+    keys = ["dog", "rain", "rooster"]
+    for age, key in enumerate(keys):
+        module.bank[key].age.fill_(age + 1)
+    g = torch.Generator().manual_seed(0)
+    recon, target, cond_mean = (torch.randn(3, 6, *dm.audio_shape, generator=g) for _ in range(3))
+    mu, logvar = torch.randn(3, 6, 5, generator=g), torch.randn(3, 6, 5, generator=g)
+    outputs = (recon, mu, logvar, target, cond_mean)  # three generators' stacked outputs, 6 samples each
+    inputs = [(module.bank[k], None, None, None) for k in keys]
+    batched = module.stacked_loss_parts(inputs, outputs)
+    for k, (slot, *_) in enumerate(inputs):
+        own = module.loss_parts(slot.net, tuple(t[k] for t in outputs), target[k], None, slot.age, None)
+        assert batched[k].keys() == own.keys()
+        for name in own:
+            torch.testing.assert_close(batched[k][name], own[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert len({float(parts["loss"].mean()) for parts in batched}) == 3
+    assert module_for(SharedTemperature, dm).stacked_loss_parts(inputs, outputs) is None
