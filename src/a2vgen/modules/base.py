@@ -4,6 +4,7 @@ checkpoint metadata."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import torch
@@ -247,8 +248,9 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(hp.min_noise_var)
         parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(sample_dim + 1).sum(-1)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
-        per_sample = target[(0,) * (sample_dim + 1)].numel()
-        kl_weight = kl_weight.view(*kl_weight.shape, *[1] * (parts["kl"].dim() - kl_weight.dim()))
+        if sample_dim:  # one weight per generator
+            kl_weight = kl_weight[:, None]
+        per_sample = math.prod(target.shape[sample_dim + 1 :])
         parts["loss"] = (parts["nll"] + kl_weight * parts["kl"] + parts["mean_nll"]) / per_sample
         return parts
 

@@ -81,7 +81,6 @@ class StackedSteps:
             entry = self._stacks.get(slot.net)
             if entry is not None:
                 sets[(id(entry[0]), a.shape[0], c[0].shape[0] if c else 0, ci is None)].append(i)
-        outputs: dict[int, tuple] = {}
         stacked_outputs: list[tuple[list[int], tuple]] = []
         noise: dict[int, dict[str, torch.Tensor]] = {}
         for i, (slot, a, _, _) in enumerate(inputs):  # random inputs drawn in batch order, as apart
@@ -97,18 +96,21 @@ class StackedSteps:
             if inputs[members[0]][3] is not None:
                 kwargs["cond_index"] = torch.stack([inputs[i][3] for i in members])
             audio = torch.stack([inputs[i][1] for i in members])
-            output = stack(positions, (audio, stacked), kwargs)
-            stacked_outputs.append((members, output))
-            outputs.update(zip(members, unstack(output, len(members))))
-        self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in outputs]
+            stacked_outputs.append((members, stack(positions, (audio, stacked), kwargs)))
+        ran_stacked = {i for members, _ in stacked_outputs for i in members}
+        self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in ran_stacked]
         parts: dict[int, dict[str, torch.Tensor]] = {}
+        unstacked: dict[int, tuple] = {}  # outputs of stacked generators scored one by one
         with SamplingCalibration.deferred():  # the calibrations of a stack update as one batch
             for members, output in stacked_outputs:  # one batched loss per stack, where the loss allows
                 scored = self.stacked_loss_parts([inputs[i] for i in members], output)
-                parts.update(zip(members, scored) if scored is not None else [])
-            for i, (slot, a, c, ci) in enumerate(inputs):
+                if scored is None:
+                    unstacked.update(zip(members, unstack(output, len(members))))
+                else:
+                    parts.update(zip(members, scored))
+            for i, (slot, a, c, ci) in enumerate(inputs):  # the rest in batch order
                 if i not in parts:
-                    output = outputs[i] if i in outputs else slot.net(a, c, cond_index=ci, **noise[i])
+                    output = unstacked[i] if i in unstacked else slot.net(a, c, cond_index=ci, **noise[i])
                     parts[i] = self.loss_parts(slot.net, output, a, c, slot.age, ci)
         return [parts[i] for i in range(len(inputs))]
 
