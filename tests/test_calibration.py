@@ -1,9 +1,12 @@
 """The sampling-noise calibration: within-class covariances, their low-rank averages and their gap."""
 
 import torch
+from lightning.pytorch import Callback
 
 from a2vgen.federation.aggregation import weighted_average
+from a2vgen.modules import PerClassGenerator
 from a2vgen.nn import ConditionalVAE
+from a2vgen.nn import calibration as calibration_module
 from a2vgen.nn.calibration import (
     SamplingCalibration,
     covariance_gap_basis,
@@ -12,6 +15,9 @@ from a2vgen.nn.calibration import (
     top_directions,
     top_positive,
 )
+from conftest import module_for, small_datamodule
+from federation_helpers import federated_fit
+from test_resume import CLIENTS
 
 
 def test_group_factors_give_each_groups_mean_and_covariance():
@@ -234,3 +240,85 @@ def test_deferred_updates_pool_the_same_statistics_as_one_at_a_time():
         cov_a = a.data_basis.transpose(-1, -2) @ a.data_basis
         cov_b = b.data_basis.transpose(-1, -2) @ b.data_basis
         torch.testing.assert_close(cov_b, cov_a, rtol=1e-4, atol=1e-4)
+
+
+def test_repeated_batches_are_pooled_once_with_the_statistics_of_pooling_each():
+    """Within ``repeats`` (a visit's local epochs) a batch that comes again, in another order, is counted
+    instead of pooled: nothing is pooled until a different batch comes, the statistics are read or the
+    block ends, and then mass, mean, variance and covariance equal pooling every copy. A batch that
+    differs in one value is a new batch. Batched (``deferred``) and plain updates alike."""
+    g = torch.Generator().manual_seed(SEED)
+    shape, directions = (2, 6), torch.randn(4, 12, generator=g)
+
+    def batch(n, offset):  # samples in a 4-dimensional subspace: no truncation, bases comparable exactly
+        return ((torch.randn(n, 4, generator=g) + offset) @ directions).view(n, *shape)
+
+    first, a, b = batch(5, 0.0), batch(5, 1.0), batch(6, -1.0)
+    edited = a.clone()
+    edited[2, 1, 3] += 0.5
+    sequence = [a, a[[3, 1, 4, 0, 2]], a[[4, 3, 2, 1, 0]], edited, b, b.flip(0), a]
+    zeros = lambda x: torch.zeros(x.shape[0], dtype=torch.long)  # noqa: E731
+
+    def calibrations():
+        cals = [SamplingCalibration(shape, rows=1, rank=8) for _ in range(2)] + [SamplingCalibration(shape, 2, 8)]
+        for cal in cals:
+            cal.update(zeros(first), first)
+        return cals
+
+    def step(cal, data, deferred):
+        rows = zeros(data) if cal.mass.shape[0] == 1 else data.flatten(1)[:, 0].gt(0).long()
+        if deferred:
+            with SamplingCalibration.deferred():
+                cal.update(rows, data)
+        else:
+            cal.update(rows, data)
+
+    def assert_same(cal, ref):
+        for name in ("mass", "fresh", "data_mean", "data_var"):
+            torch.testing.assert_close(getattr(cal, name), getattr(ref, name), rtol=1e-5, atol=1e-5, msg=name)
+        cov, cov_ref = (c.data_basis.transpose(-1, -2) @ c.data_basis for c in (cal, ref))
+        torch.testing.assert_close(cov, cov_ref, rtol=1e-4, atol=1e-4)
+
+    reference, held = calibrations(), calibrations()
+    for data in sequence:
+        for k, cal in enumerate(reference):
+            step(cal, data, deferred=k == 0)
+    with SamplingCalibration.repeats():
+        for data in sequence[:3]:
+            for k, cal in enumerate(held):
+                step(cal, data, deferred=k == 0)
+        assert all(float(cal.mass.sum()) == 5 for cal in held)  # three copies of a, held, nothing pooled yet
+        state = held[1].state_dict()  # a read pools the held batch first
+        assert float(state["mass"].sum()) == 20
+        for data in sequence[3:]:
+            for k, cal in enumerate(held):
+                step(cal, data, deferred=k == 0)
+    for cal, ref in zip(held, reference):
+        assert cal._held is None
+        assert_same(cal, ref)
+
+
+def test_a_visits_local_epochs_pool_each_class_once(monkeypatch):
+    """A per-class run where every class fits one batch: each visit pools a generator's batch once for all
+    its local epochs, in one batched update of the visit's generators, counted once per epoch (each
+    class's mass is every sample-epoch it trained on)."""
+
+    class VisitSamples(Callback):
+        def __init__(self):
+            self.samples = {}
+
+        def on_client_end(self, trainer, module, visit):
+            for key, values in visit.stats.items():
+                self.samples[key] = self.samples.get(key, 0.0) + values["samples"]
+
+    pooled, update_rows = [], calibration_module.update_rows
+    monkeypatch.setattr(
+        calibration_module, "update_rows", lambda entries: (pooled.append(entries), update_rows(entries))
+    )
+    dm = small_datamodule(CLIENTS, batch_size=64)
+    module, seen = module_for(PerClassGenerator, dm), VisitSamples()
+    trainer = federated_fit(module, dm, callbacks=[seen], max_rounds=2, local_epochs=3)
+    assert len(pooled) == trainer.fit_loop.visits  # one batched update per visit, not one per local epoch
+    assert all(count == 3 for entries in pooled for *_, count in entries)
+    masses = {key: float(module.bank[key].net.calibration.mass.sum()) for key in seen.samples}
+    assert masses == seen.samples

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -215,8 +214,7 @@ class FederatedFitLoop(EpochFitLoop):
         seed = key_seed(self.config.seed, f"round-{visit.round}/client-{spec.id}")
         torch.manual_seed(seed)
         call_federation_hook(self.trainer, "on_client_start", visit)
-        stacking = module.stacking(visit.keys) if self.config.stack_generators else nullcontext(False)
-        with stacking as stacked:
+        with module.local_training(visit.keys, self.config.stack_generators) as stacked:
             client = self.datamodule.client(spec.id)
             loader = client.dataloader("train", visit.classes, seed=seed % (2**31), stack_keys=stacked)
             self.attach_loader(loader, visit_batches(len(loader), self.trainer.limit_train_batches))

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 
 from a2vgen.batch import Batch, sample_cond, subset_cond
 from a2vgen.lightning_adapter import attached_trainer
 from a2vgen.modules.bank import ADAPTER_KEY, GeneratorBank
+from a2vgen.nn.calibration import SamplingCalibration
 
 
 def key_groups(slot_idx: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
@@ -27,6 +31,15 @@ class GeneratorSteps:
 
     A mixin of :class:`~a2vgen.modules.base.BaseGeneratorModule` (it calls ``compute_loss`` per generator).
     """
+
+    @contextmanager
+    def local_training(self, keys: Iterable[str], stack: bool = True) -> Iterator[bool]:
+        """A client visit's local epochs on the generators of ``keys``: stacked where ``stack`` and possible
+        (:meth:`~a2vgen.modules.stacked_steps.StackedSteps.stacking`; yields whether any were), and a
+        calibration's batch that comes again in later epochs pooled once with its count, on exit
+        (:meth:`~a2vgen.nn.calibration.SamplingCalibration.repeats`: the same statistics)."""
+        with SamplingCalibration.repeats(), self.stacking(keys) if stack else nullcontext(False) as stacked:
+            yield stacked
 
     def _check_shapes(self, batch: Batch) -> None:
         audio, cond = batch["audio"], batch["cond"]

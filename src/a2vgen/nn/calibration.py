@@ -165,9 +165,11 @@ class SamplingCalibration(nn.Module):
         self.register_buffer("data_var", torch.zeros(rows, flat))
         self.register_buffer("data_basis", torch.zeros(rows, rank, flat))
         self.register_buffer("keys", torch.zeros(rows if rows > 1 else 0, key_width))
+        self._held: tuple[torch.Tensor, torch.Tensor, int] | None = None  # see repeats()
 
     @property
     def calibrated(self) -> bool:
+        self.flush()
         return bool(self.mass.sum() > 0)
 
     def set_classes(self, class_cond: list[torch.Tensor]) -> None:
@@ -177,6 +179,7 @@ class SamplingCalibration(nn.Module):
             return
         if class_cond[0].shape[0] != self.mass.shape[0]:
             raise ValueError(f"{class_cond[0].shape[0]} class prompts for {self.mass.shape[0]} calibration rows")
+        self.flush()  # a held batch's rows were found with the old prompts
         self.keys.copy_(class_fingerprint(class_cond))
 
     def rows(self, cond: list[torch.Tensor] | None) -> torch.Tensor:
@@ -190,6 +193,7 @@ class SamplingCalibration(nn.Module):
         return torch.where(known, best, torch.full_like(best, -1))
 
     _deferred: list[tuple[SamplingCalibration, torch.Tensor, torch.Tensor]] | None = None
+    _holding: dict[int, SamplingCalibration] | None = None
 
     @classmethod
     @contextmanager
@@ -202,16 +206,54 @@ class SamplingCalibration(nn.Module):
             pending = cls._deferred
         finally:
             cls._deferred = outer
-        batched: dict[tuple, list] = {}
-        for calibration, rows, data in pending:
-            whole = data.shape[0] >= 2 and int(rows[0]) >= 0 and bool((rows == rows[0]).all())
-            shape = (tuple(data.shape), tuple(calibration.data_basis.shape), data.dtype, data.device)
-            if whole:
-                batched.setdefault(shape, []).append((calibration, int(rows[0]), data))
-            else:
-                calibration.update(rows, data)
-        for entries in batched.values():
-            update_rows(entries)
+        pool_batches([batch for calibration, rows, data in pending for batch in calibration._take(rows, data)])
+
+    @classmethod
+    @contextmanager
+    def repeats(cls) -> Iterator[None]:
+        """Within (a client visit's local epochs): a batch equal, sample for sample in any order, to the last
+        one a calibration got is counted instead of pooled again. The batch a calibration holds is pooled
+        once, weighted by its count, when a different batch comes, before anything reads the statistics
+        (:meth:`flush`) and on exit, where the held batches are pooled together.
+
+        Each local epoch of a class that fits one batch shows its generator the same samples. Pooling them
+        once with weight ``m`` gives the statistics of pooling them ``m`` times: mass, mean and variance
+        exactly (Chan et al.'s pooling is associative, and repeats add no spread of batch means), the basis
+        truncated to its rank once instead of ``m`` times. Ten local epochs then cost one update, not ten."""
+        outer, cls._holding = cls._holding, {}
+        try:
+            yield
+        finally:
+            holding, cls._holding = cls._holding, outer
+            pool_batches([batch for calibration in holding.values() for batch in calibration._release()])
+
+    def _take(self, rows: torch.Tensor, data: torch.Tensor) -> list[CountedBatch]:
+        """The batches to pool now for an update with ``rows``/``data``: this one, or, within :meth:`repeats`,
+        none (it is held, or counted as a repeat of the held one) or the batch it replaces."""
+        holding = SamplingCalibration._holding
+        if holding is None:
+            return [(self, rows, data, 1)]
+        order = data.flatten(1)[:, 0].argsort()  # an order in which equal batches compare equal
+        rows, data = rows[order], data[order]
+        if self._held is not None and torch.equal(self._held[0], rows) and torch.equal(self._held[1], data):
+            self._held = (rows, data, self._held[2] + 1)
+            return []
+        released = self._release()
+        self._held = (rows, data, 1)
+        holding[id(self)] = self
+        return released
+
+    def _release(self) -> list[CountedBatch]:
+        """The held batch (none outside :meth:`repeats`), no longer held."""
+        held, self._held = self._held, None
+        if SamplingCalibration._holding is not None:
+            SamplingCalibration._holding.pop(id(self), None)
+        return [] if held is None else [(self, *held)]
+
+    def flush(self) -> None:
+        """Pool the batch held by :meth:`repeats`, if any (everything that reads the statistics calls it)."""
+        if self._held is not None:
+            pool_batches(self._release())
 
     @torch.no_grad()
     def update(self, rows: torch.Tensor, data: torch.Tensor) -> None:
@@ -220,6 +262,11 @@ class SamplingCalibration(nn.Module):
         if SamplingCalibration._deferred is not None:
             SamplingCalibration._deferred.append((self, rows, data.detach()))
             return
+        pool_batches(self._take(rows, data.detach()))
+
+    @torch.no_grad()
+    def pool_batch(self, rows: torch.Tensor, data: torch.Tensor, count: int = 1) -> None:
+        """Pool ``count`` copies of the batch ``data`` ``[B, L, D]`` into the statistics of ``rows`` ``[B]``, now."""
         with one_thread(), torch.autocast(data.device.type, enabled=False):  # statistics in full precision
             labels, counts, mean, var, factor = group_factors(data.flatten(1).to(self.data_mean.dtype), rows)
             use = (labels >= 0) & (counts >= 2)
@@ -227,9 +274,17 @@ class SamplingCalibration(nn.Module):
                 return
             idx = labels[use]
             state = {name: getattr(self, name)[idx] for name in POOLED}
-            pooled = pool(state, counts[use].to(self.mass.dtype), mean[use], var[use], factor[use])
+            pooled = pool(state, count * counts[use].to(self.mass.dtype), mean[use], var[use], factor[use])
             for name, value in pooled.items():
                 getattr(self, name)[idx] = value
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self.flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._release()  # the loaded statistics replace those the held batch was to be pooled into
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def average_state(self, sources: list[tuple[nn.Module, float]]) -> dict[str, torch.Tensor]:
@@ -242,6 +297,8 @@ class SamplingCalibration(nn.Module):
         directions whose signs differ.
         """
         copies = [module for module, _ in sources]
+        for calibration in [self, *copies]:
+            calibration.flush()
         fresh = torch.stack([c.fresh for c in copies])  # [K, R]
         total = fresh.sum(0)
         weights = torch.where(total > 0, fresh / total.clamp_min(1), torch.full_like(fresh, 1 / len(copies)))
@@ -330,18 +387,38 @@ def pool(
     return new
 
 
+CountedBatch = tuple[SamplingCalibration, torch.Tensor, torch.Tensor, int]  # calibration, rows, data, count
+
+
+def pool_batches(batches: list[CountedBatch]) -> None:
+    """Pool every batch (``count`` copies of ``data`` into ``rows`` of its calibration), those of one row and
+    equal shapes as one batched update (:func:`update_rows`)."""
+    batched: dict[tuple, list] = {}
+    for calibration, rows, data, count in batches:
+        whole = data.shape[0] >= 2 and int(rows[0]) >= 0 and bool((rows == rows[0]).all())
+        if whole:
+            shape = (tuple(data.shape), tuple(calibration.data_basis.shape), data.dtype, data.device)
+            batched.setdefault(shape, []).append((calibration, int(rows[0]), data, count))
+        else:
+            calibration.pool_batch(rows, data, count)
+    for entries in batched.values():
+        update_rows(entries)
+
+
 @torch.no_grad()
-def update_rows(entries: list[tuple[SamplingCalibration, int, torch.Tensor]]) -> None:
-    """:meth:`SamplingCalibration.update` of many calibrations at once, each with one batch ``[B, L, D]``
-    (one ``B`` for all) of one row: the same pooled statistics, computed batched over the calibrations."""
-    calibrations = [c for c, _, _ in entries]
-    index = [row for _, row, _ in entries]
+def update_rows(entries: list[tuple[SamplingCalibration, int, torch.Tensor, int]]) -> None:
+    """:meth:`SamplingCalibration.pool_batch` of many calibrations at once, each with ``count`` copies of one batch
+    ``[B, L, D]`` (one ``B`` for all) of one row: the same pooled statistics, computed batched over the
+    calibrations."""
+    calibrations = [c for c, _, _, _ in entries]
+    index = [row for _, row, _, _ in entries]
     with one_thread(), torch.autocast(entries[0][2].device.type, enabled=False):
-        x = torch.stack([d.flatten(1) for _, _, d in entries]).to(calibrations[0].data_mean.dtype)  # [K, B, F]
+        x = torch.stack([d.flatten(1) for _, _, d, _ in entries]).to(calibrations[0].data_mean.dtype)  # [K, B, F]
         mean = x.mean(1)
         factor = (x - mean[:, None]).transpose(1, 2) / max(x.shape[1] - 1, 1) ** 0.5  # [K, F, B]
         state = {name: torch.stack([getattr(c, name)[row] for c, row in zip(calibrations, index)]) for name in POOLED}
-        pooled = pool(state, x.new_full((len(entries),), x.shape[1]), mean, factor.square().sum(-1), factor)
+        n = x.new_tensor([count * x.shape[1] for _, _, _, count in entries])
+        pooled = pool(state, n, mean, factor.square().sum(-1), factor)
         for k, (calibration, row) in enumerate(zip(calibrations, index)):
             for name, value in pooled.items():
                 getattr(calibration, name)[row] = value[k]
