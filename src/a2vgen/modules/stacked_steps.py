@@ -64,8 +64,17 @@ class StackedSteps:
         """The trainable parameters of this module outside the current bank's generator networks (collected
         when stacking starts: :meth:`backward` differentiates them and the networks that ran apart, not every
         parameter of every generator)."""
-        nets = {id(p) for slot in self.bank.slots for p in slot.net.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in nets]
+        nets = {id(slot.net) for slot in self.bank.slots}
+        found: list[nn.Parameter] = []
+
+        def walk(module: nn.Module) -> None:  # not into the networks: 50 generators hold thousands of tensors
+            found.extend(p for p in module.parameters(recurse=False) if p.requires_grad)
+            for child in module.children():
+                if id(child) not in nets:
+                    walk(child)
+
+        walk(self)
+        return list(dict.fromkeys(found))  # a parameter registered twice is differentiated once
 
     def stacked_losses(self, inputs: list[GroupInput]) -> list[dict[str, torch.Tensor]]:
         """The loss parts of every group (see :meth:`compute_loss`): groups whose generators are stacked

@@ -28,6 +28,16 @@ def structure(net: nn.Module) -> tuple:
     return (type(net), tuple((name, tuple(t.shape), t.dtype) for name, t in tensors))
 
 
+def meta_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with every parameter and buffer on the meta device (its tensors are never copied)."""
+    memo: dict[int, Any] = {}
+    for t in net.parameters():
+        memo[id(t)] = nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+    for t in net.buffers():
+        memo[id(t)] = torch.empty_like(t, device="meta")
+    return copy.deepcopy(net, memo)
+
+
 def unstack(tree: Any, count: int) -> list[Any]:
     """``tree`` (tensors, tuples, named tuples, lists, dicts) with a leading axis of ``count`` on every tensor,
     as ``count`` trees. Unbinding is one autograd node per tensor (its backward stacks the gradients), where
@@ -97,7 +107,7 @@ class StackedNetworks:
         if len(nets) < 2 or len({structure(n) for n in nets}) != 1:
             raise ValueError("stacking needs at least two networks of one structure")
         self.nets = list(nets)
-        self.template = copy.deepcopy(self.nets[0]).to("meta")
+        self.template = meta_copy(self.nets[0])
         members = [dict(n.named_parameters()) for n in self.nets]
         self.members = {name: [m[name] for m in members] for name in members[0]}
         self.params: dict[str, torch.Tensor] = {}
