@@ -246,7 +246,9 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var, sample_dim)
         sq = (cond_mean - target).pow(2)  # the class mean from the conditioning alone: a calibrated regression
         var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(hp.min_noise_var)
-        parts["mean_nll"] = 0.5 * (sq / var + var.log()).flatten(sample_dim + 1).sum(-1)
+        parts["mean_nll"] = 0.5 * (
+            (sq / var).flatten(sample_dim + 1).sum(-1) + var.log().flatten(sample_dim + 1).sum(-1)
+        )
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         if sample_dim:  # one weight per generator
             kl_weight = kl_weight[:, None]

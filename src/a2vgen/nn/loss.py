@@ -62,6 +62,8 @@ def gaussian_elbo_terms(
     """
     sq = (recon - target).pow(2)
     var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(min_var)
-    nll = 0.5 * (sq / var + var.log() + LOG_2PI).flatten(sample_dim + 1).sum(-1)
+    # the terms that do not depend on the sample are summed once per batch, not once per sample
+    constant = (var.log() + LOG_2PI).flatten(sample_dim + 1).sum(-1)
+    nll = 0.5 * ((sq / var).flatten(sample_dim + 1).sum(-1) + constant)
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1)
     return {"nll": nll, "kl": kl, "mse": sq.flatten(sample_dim + 1).mean(-1)}, var.squeeze(sample_dim)
