@@ -29,8 +29,8 @@ def sample_cond(batch: Batch) -> list[Tensor]:
     return batch["cond"] if index is None else [c[index] for c in batch["cond"]]
 
 
-def subset_cond(batch: Batch, mask: Tensor | None) -> tuple[list[Tensor], Tensor | None]:
-    """``(cond, cond_index)`` for the samples ``mask`` selects (``None``: all), in the batch's own form:
+def subset_cond(batch: Batch, mask: Tensor | slice | None) -> tuple[list[Tensor], Tensor | None]:
+    """``(cond, cond_index)`` for the samples ``mask`` (a boolean mask or a slice) selects (``None``: all), in the batch's own form:
     per-class rows stay whole and only their index is selected."""
     cond, index = batch["cond"], batch.get("cond_index")
     if index is not None:

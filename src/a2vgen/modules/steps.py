@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -14,15 +15,19 @@ from a2vgen.modules.bank import ADAPTER_KEY, GeneratorBank
 from a2vgen.nn.calibration import SamplingCalibration
 
 
-def key_groups(slot_idx: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
-    """``(slot, mask)`` of every slot in a batch, in the order the slots first appear (``mask`` is ``None``
-    when the whole batch belongs to one slot)."""
+def key_groups(slot_idx: torch.Tensor) -> list[tuple[int, slice | torch.Tensor | None]]:
+    """``(slot, selection)`` of every slot in a batch, in the order the slots first appear: ``None`` when the
+    whole batch belongs to one slot, a ``slice`` when each slot's samples are one run (a key-grouped batch:
+    its samples are views, not copies), else a boolean mask."""
     first = int(slot_idx[0])
     if bool((slot_idx == first).all()):
         return [(first, None)]
-    runs = torch.unique_consecutive(slot_idx).tolist()
-    order = runs if len(set(runs)) == len(runs) else list(dict.fromkeys(slot_idx.tolist()))
-    return [(s, slot_idx == s) for s in order]
+    runs, counts = torch.unique_consecutive(slot_idx, return_counts=True)
+    runs, counts = runs.tolist(), counts.tolist()
+    if len(set(runs)) == len(runs):
+        ends = list(itertools.accumulate(counts))
+        return [(s, slice(end - n, end)) for s, n, end in zip(runs, counts, ends)]
+    return [(s, slot_idx == s) for s in dict.fromkeys(slot_idx.tolist())]
 
 
 class GeneratorSteps:
