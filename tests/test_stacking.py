@@ -9,7 +9,6 @@ from a2vgen.callbacks import ClassChangeResetCallback
 from a2vgen.data.sampler import KeyGroupedBatchSampler
 from a2vgen.modules import FlowPerClassGenerator, PerClassGenerator, PerGroupGenerator
 from a2vgen.modules import stacking as stacking_module
-from a2vgen.modules.stacked_steps import stack_rows
 from a2vgen.modules.stacking import StackedNetworks
 from a2vgen.modules.steps import key_groups
 from conftest import module_for, small_datamodule
@@ -248,19 +247,16 @@ def test_a_stacks_batched_loss_equals_each_generators_own():
     assert module_for(SharedTemperature, dm).stacked_loss_parts(inputs, outputs) is None
 
 
-def test_a_key_grouped_batch_is_cut_into_views_and_stacked_without_copies():
-    """Each key's samples in one run: the keys' samples are slices of the batch and their stack is a view of
-    it; keys in other orders or runs of unequal length are copied, with the same values."""
-    slot_idx = torch.tensor([2] * 3 + [0] * 3 + [1] * 3)
+def test_a_key_grouped_batch_is_cut_into_views():
+    """Each key's samples in one run: the keys' samples are slices of the batch (views, not copies); keys
+    whose samples interleave get boolean masks."""
+    slot_idx = torch.tensor([2] * 3 + [0] * 3 + [1] * 2)
     groups = key_groups(slot_idx)
     assert [s for s, _ in groups] == [2, 0, 1] and all(isinstance(m, slice) for _, m in groups)
-    audio = torch.randn(9, 2, 5)
-    parts = [audio[m] for _, m in groups]
-    stacked = stack_rows(parts)
-    assert stacked.data_ptr() == audio.data_ptr() and torch.equal(stacked, torch.stack(parts))
-    for pieces in ([parts[1], parts[0], parts[2]], [audio[0:3], audio[4:7]], [audio[0:3], audio[0:3]]):
-        copy = stack_rows(pieces)
-        assert torch.equal(copy, torch.stack(pieces)) and copy.data_ptr() != audio.data_ptr()
+    audio = torch.randn(8, 2, 5)
+    for s, selection in groups:
+        shares = audio[selection].untyped_storage().data_ptr() == audio.untyped_storage().data_ptr()
+        assert shares and torch.equal(audio[selection], audio[slot_idx == s])
     interleaved = key_groups(torch.tensor([0, 1, 0, 1]))
     assert [s for s, _ in interleaved] == [0, 1] and all(m.dtype == torch.bool for _, m in interleaved)
     assert key_groups(torch.tensor([4, 4])) == [(4, None)]

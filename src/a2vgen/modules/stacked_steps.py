@@ -20,23 +20,6 @@ log = logging.getLogger(__name__)
 GroupInput = tuple[GeneratorSlot, torch.Tensor, list[torch.Tensor], "torch.Tensor | None"]
 
 
-def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(tensors)``; a view, not a copy, where they are equal, contiguous runs of one tensor's rows
-    in order (the keys of a key-grouped batch)."""
-    first = tensors[0]
-    size = first.numel() * first.element_size()
-    adjacent = first.is_contiguous() and all(
-        t.shape == first.shape
-        and t.is_contiguous()
-        and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-        and t.data_ptr() == first.data_ptr() + k * size
-        for k, t in enumerate(tensors)
-    )
-    if not adjacent:
-        return torch.stack(tensors)
-    return first.as_strided((len(tensors), *first.shape), (first.numel(), *first.stride()), first.storage_offset())
-
-
 class StackedSteps:
     """Stacks a visit's generators (:meth:`stacking`), computes a batch's losses with one batched forward and,
     where the module keeps the base loss, one batched loss per stack (:meth:`stacked_losses`, called by
@@ -121,7 +104,7 @@ class StackedSteps:
             kwargs = {name: torch.stack([noise[i][name] for i in members]) for name in noise[members[0]]}
             if inputs[members[0]][3] is not None:
                 kwargs["cond_index"] = torch.stack([inputs[i][3] for i in members])
-            audio = stack_rows([inputs[i][1] for i in members])
+            audio = torch.stack([inputs[i][1] for i in members])
             stacked_outputs.append((members, stack(positions, (audio, stacked), kwargs)))
         ran_stacked = {i for members, _ in stacked_outputs for i in members}
         self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in ran_stacked]
