@@ -199,7 +199,8 @@ class SamplingCalibration(nn.Module):
     @contextmanager
     def deferred(cls) -> Iterator[None]:
         """Within: :meth:`update` calls are collected and run on exit, those of one-row batches of equal
-        size as one batched update (a stacked training step calibrates every generator of the stack)."""
+        size as one batched update (a stacked training step calibrates every generator of the stack); within
+        :meth:`repeats` too, each batch first meets the one its calibration holds."""
         outer, cls._deferred = cls._deferred, []
         try:
             yield
