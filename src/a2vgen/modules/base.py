@@ -19,7 +19,7 @@ from a2vgen.modules.stacking import StackedNetworks
 from a2vgen.modules.steps import GeneratorSteps
 from a2vgen.nn.adapter import AudioPromptAdapter
 from a2vgen.nn.cvae import ConditionalVAE
-from a2vgen.nn.loss import VAELossSchedule, gaussian_elbo_terms, vae_loss_terms
+from a2vgen.nn.loss import VAELossSchedule, calibrated_nll, gaussian_elbo_terms, vae_loss_terms
 from a2vgen.seeding import key_seed
 
 __all__ = ["ADAPTER_KEY", "BaseGeneratorModule", "CheckpointMismatchError", "key_seed"]
@@ -244,11 +244,8 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         hp = self.hparams
         recon, mu, logvar, target, cond_mean = outputs
         parts, _ = gaussian_elbo_terms(recon, target, mu, logvar, hp.min_noise_var, sample_dim)
-        sq = (cond_mean - target).pow(2)  # the class mean from the conditioning alone: a calibrated regression
-        var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(hp.min_noise_var)
-        parts["mean_nll"] = 0.5 * (
-            (sq / var).flatten(sample_dim + 1).sum(-1) + var.log().flatten(sample_dim + 1).sum(-1)
-        )
+        # the class mean from the conditioning alone: a calibrated regression
+        parts["mean_nll"], _ = calibrated_nll((cond_mean - target).pow(2), hp.min_noise_var, sample_dim)
         kl_weight = hp.kl_weight * (age.float() / max(hp.beta_warmup_epochs, 1)).clamp(max=1.0)
         if sample_dim:  # one weight per generator
             kl_weight = kl_weight[:, None]

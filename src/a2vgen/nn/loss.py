@@ -42,6 +42,17 @@ def vae_loss_terms(
 LOG_2PI = math.log(2 * math.pi)
 
 
+def calibrated_nll(sq: torch.Tensor, min_var: float = 1e-3, sample_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``0.5 · Σ (sq / var + log var)`` per sample for squared residuals ``sq`` (``[B, ...]``, or ``[K, B, ...]``
+    with ``sample_dim=1``), ``var`` being each element's mean over the samples (detached, floored at
+    ``min_var``): a Gaussian NLL at its maximum-likelihood variance, without the ``log 2π`` terms. Returns the
+    NLL (``[B]`` / ``[K, B]``) and ``var`` (the sample axis kept, of size 1)."""
+    var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(min_var)
+    # log var does not depend on the sample: summed once per batch, not once per sample
+    nll = 0.5 * ((sq / var).flatten(sample_dim + 1).sum(-1) + var.log().flatten(sample_dim + 1).sum(-1))
+    return nll, var
+
+
 def gaussian_elbo_terms(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -61,9 +72,7 @@ def gaussian_elbo_terms(
     stacked generators' outputs ``[K, B, ...]``, each over its own batch: parts ``[K, B]``, variance ``[K, ...]``.
     """
     sq = (recon - target).pow(2)
-    var = sq.detach().mean(sample_dim, keepdim=True).clamp_min(min_var)
-    # the terms that do not depend on the sample are summed once per batch, not once per sample
-    constant = (var.log() + LOG_2PI).flatten(sample_dim + 1).sum(-1)
-    nll = 0.5 * ((sq / var).flatten(sample_dim + 1).sum(-1) + constant)
+    nll, var = calibrated_nll(sq, min_var, sample_dim)
+    nll = nll + 0.5 * LOG_2PI * math.prod(sq.shape[sample_dim + 1 :])
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1)
     return {"nll": nll, "kl": kl, "mse": sq.flatten(sample_dim + 1).mean(-1)}, var.squeeze(sample_dim)
