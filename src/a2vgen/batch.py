@@ -30,8 +30,8 @@ def sample_cond(batch: Batch) -> list[Tensor]:
 
 
 def subset_cond(batch: Batch, mask: Tensor | slice | None) -> tuple[list[Tensor], Tensor | None]:
-    """``(cond, cond_index)`` for the samples ``mask`` (a boolean mask or a slice) selects (``None``: all), in the batch's own form:
-    per-class rows stay whole and only their index is selected."""
+    """``(cond, cond_index)`` for the samples ``mask`` (a boolean mask or a slice) selects (``None``: all), in
+    the batch's own form: per-class rows stay whole and only their index is selected."""
     cond, index = batch["cond"], batch.get("cond_index")
     if index is not None:
         return cond, (index if mask is None else index[mask])
