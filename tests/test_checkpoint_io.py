@@ -2,6 +2,7 @@
 
 import errno
 import threading
+import zipfile
 
 import pytest
 import torch
@@ -29,6 +30,10 @@ def test_local_checkpoint_round_trips_and_leaves_no_temporary_file(tmp_path):
     assert torch.equal(loaded["weights"], state["weights"]) and loaded["step"] == 7
     assert torch.equal(loaded["nested"]["moments"][0], torch.arange(4))
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.ckpt"]
+    # written without the records' CRC-32 (nothing reads it), and torch.save elsewhere keeps computing it
+    assert {info.CRC for info in zipfile.ZipFile(path).infolist()} == {0}
+    torch.save(state, tmp_path / "plain.pt")
+    assert 0 not in {info.CRC for info in zipfile.ZipFile(tmp_path / "plain.pt").infolist()}
 
 
 class Unsaveable:
@@ -101,11 +106,14 @@ def test_a_failed_background_commit_is_raised_by_the_next_save_and_keeps_the_pre
 
 
 @pytest.mark.parametrize(
-    "failing,named", [(None, "last.ckpt"), ("round-0002.ckpt", "round-0002.ckpt")], ids=["first", "final"]
+    "failing,named",
+    [(None, "last.ckpt"), ("round-0001.ckpt", "round-0001.ckpt"), ("round-0002.ckpt", "round-0002.ckpt")],
+    ids=["first", "round file", "final"],
 )
 def test_a_failed_commit_during_fit_is_a_user_error_naming_its_file(tmp_path, monkeypatch, failing, named):
-    """Surfacing at the next save (the first commit fails) or only when fit ends, after Lightning's teardown
-    (the final one fails), the error names the file whose commit failed."""
+    """Surfacing at the next save (the first commit fails), at the next round's end (a round file fails) or
+    only when fit ends, after Lightning's teardown (the final one fails), the error names the file whose
+    commit failed."""
     commit = checkpoint_io_module.commit
 
     def fail(tmp, path):

@@ -81,7 +81,10 @@ class RoundCheckpoint(ModelCheckpoint):
             return
         wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
         if wait is not None:  # the last round file may still be renamed into place in the background
-            wait()
+            try:
+                wait()
+            except CheckpointCommitError as err:
+                raise write_error(err.path, err) from err
         if self.keep_last:  # make room first: the current last.ckpt holds newer weights than these files
             older = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
             for old in older[: max(len(older) - self.keep_last + 1, 0)]:

@@ -40,7 +40,8 @@ class LocalCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that streams local checkpoints into the file with ``torch.save``.
 
     Lightning's default serializes the whole checkpoint into memory first and then copies it out (for a
-    117 MB checkpoint of the default generator: ~450 ms vs ~100 ms here). The file is written beside
+    117 MB checkpoint of the default generator: ~450 ms vs ~100 ms here), and zip records get no CRC-32
+    (:func:`save_without_crc`: half the time again). The file is written beside
     ``path`` and renamed into place once synced to disk (:func:`a2vgen.io.commit`), so a failed or killed
     save never leaves a torn checkpoint at ``path``. The sync and rename run on a background thread while
     training goes on (the sync of a 1.2 GB checkpoint took 1.8 s): the file is in place by the next save or
@@ -72,9 +73,9 @@ class LocalCheckpointIO(TorchCheckpointIO):
         try:
             if maps:
                 with open(tmp, "wb") as f:
-                    torch.save(checkpoint, _ReleasingWriter(f, maps))
+                    save_without_crc(checkpoint, _ReleasingWriter(f, maps))
             else:
-                torch.save(checkpoint, tmp)
+                save_without_crc(checkpoint, tmp)
             thread = threading.Thread(target=run, name=f"commit {path.name}")
             thread.start()
         except BaseException:
@@ -115,6 +116,17 @@ class LocalCheckpointIO(TorchCheckpointIO):
         if weights_only is False or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().load_checkpoint(path, map_location, weights_only)
         return read_checkpoint(path, mmap=True, metadata=False)
+
+
+def save_without_crc(obj: Any, f: str | Path | BinaryIO | _ReleasingWriter) -> None:
+    """``torch.save`` without the CRC-32 of each zip record. ``torch.load`` never checks it (a flipped byte
+    loads as it is, with or without), and computing it took half of the write: 0.21 vs 0.10 s for 400 MB."""
+    computed = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(obj, f)
+    finally:
+        torch.serialization.set_crc32_options(computed)
 
 
 class _ReleasingWriter:
