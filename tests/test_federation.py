@@ -4,10 +4,12 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 
 from a2vgen.callbacks import ClassChangeResetCallback
 from a2vgen.data.clients import ClientSpec
 from a2vgen.federation import federation_of
+from a2vgen.federation.aggregation import weighted_average
 from a2vgen.modules import PerClassGenerator, PerGroupGenerator, UnifiedGenerator
 from conftest import module_for, small_datamodule, small_demo
 from federation_helpers import Recorder, all_equal, federated_fit, weights
@@ -139,6 +141,14 @@ def test_fedavg_is_the_sample_weighted_average_over_the_clients_that_trained_the
     rooster_server = [p.detach() for p in module.bank["rooster"].net.parameters()]
     assert all_equal(rooster_server, [p for p in recorder.ends[0]["weights"]["rooster"][: len(rooster_server)]])
     assert "dog" not in banks["2"]
+
+
+def test_the_average_of_one_source_is_its_state_copied_into_the_other_targets():
+    source, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    versions = [p._version for p in source.parameters()]
+    weighted_average([(source, 7.0)], [source, other])
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), other.parameters()))
+    assert [p._version for p in source.parameters()] == versions  # not written onto itself
 
 
 def generator_bytes(trainer, module) -> int:

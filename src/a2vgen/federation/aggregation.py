@@ -13,6 +13,11 @@ def _float_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t for name, t in module.state_dict(keep_vars=True).items() if t.is_floating_point()}
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same elements in memory (copying one onto the other changes nothing)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 @torch.no_grad()
 def weighted_average(sources: list[tuple[nn.Module, float]], targets: list[nn.Module]) -> None:
     """Write the ``weight``-weighted average of the sources' parameters and floating-point buffers into
@@ -32,11 +37,15 @@ def weighted_average(sources: list[tuple[nn.Module, float]], targets: list[nn.Mo
         averaged.update({f"{name}.{key}": tensor for key, tensor in part.items()})
     states = [_float_state(module) for module, _ in sources]
     for name in states[0]:
-        if not any(name.startswith(f"{prefix}.") for prefix in own):
+        if any(name.startswith(f"{prefix}.") for prefix in own):
+            continue
+        if len(sources) == 1:  # the average of one is itself: no float64 round trip (it would be exact too)
+            averaged[name] = states[0][name].detach()
+        else:
             averaged[name] = sum(s[name].detach().double() * (n / total) for s, (_, n) in zip(states, sources))
     for module in targets:
         for name, t in module.state_dict(keep_vars=True).items():
-            if name in averaged:
+            if name in averaged and not _same(averaged[name], t):  # a lone source's own tensors stay as they are
                 t.copy_(averaged[name].to(t.dtype))
 
 
