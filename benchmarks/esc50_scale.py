@@ -16,7 +16,8 @@ per checkpoint its size, write time and the run's disk use (peak while writing, 
 full training state. ``--classes 309 --clients 10`` (and fewer rounds) measures a VGGSound-sized run;
 ``--baseline-classes 10`` adds the same run with 10 classes (same clients, clips, rounds and local epochs,
 alternating processes) for the many-classes row: per-sample rate and peak RSS against the small run's.
-``--paging on|off|auto`` sets the trainer's ``page_optimizer_state``; ``--resume`` also resumes the run's
+``--paging on|off|auto`` sets the trainer's ``page_optimizer_state``; ``--fedavg`` gives each client its own
+generators, averaged at round ends, instead of shared ones; ``--resume`` also resumes the run's
 ``last.ckpt`` in a fresh process for one more round and reports that process's peak RSS; ``--apart`` adds the
 same fit with ``stack_generators: false`` (alternating processes). Targets (issue 16): >= 0.8x the
 batch-64 raw rate; peak RSS <= 3 GiB; disk kept with ``keep_last: 1`` <= 1.5x one training state; many
@@ -203,6 +204,7 @@ def run_contender(spec: dict) -> dict:
             max_rounds=rounds,
             local_epochs=local_epochs,
             checkpoint=False,
+            shared=not spec.get("fedavg", False),
             page_optimizer_state=PAGING[spec.get("paging", "auto")],
             stack_generators=spec.get("stack", True),
         )
@@ -259,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paging", choices=sorted(PAGING), default="auto", help="the trainer's page_optimizer_state")
     p.add_argument("--resume", action="store_true", help="also resume the run's last.ckpt for one more round")
     p.add_argument("--apart", action="store_true", help="also run the fit with stack_generators: false")
+    p.add_argument("--fedavg", action="store_true", help="clients keep their own generators, FedAvg at round ends")
     args = p.parse_args(argv)
     if args.worker:
         return c.worker_main(run_contender, args.worker)
-    spec = {**setting(args), "name": "esc50_scale", "paging": args.paging, "resume": args.resume}
+    spec = {**setting(args), "name": "esc50_scale", "paging": args.paging, "resume": args.resume, "fedavg": args.fedavg}
     specs = [spec]
     if args.baseline_classes:
         specs.append({**spec, "name": "baseline", "classes": args.baseline_classes})
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(time budget: {r['rounds']} rounds x {r['local_epochs']} local epochs run)")
     size = f"{spec['classes']} classes, {spec['clients']} clients, {spec['clips']} clips/class"
     c.print_table(
-        f"esc50_scale: per_class, {size}, {r['rounds']} rounds x {r['local_epochs']} local epochs (CPU, fp32)",
+        f"esc50_scale: per_class{', fedavg' if args.fedavg else ''}, {size}, {r['rounds']} rounds x "
+        f"{r['local_epochs']} local epochs (CPU, fp32)",
         ["measure", "value", "vs raw batch 64", "vs raw batch 32"],
         [
             ["fit samples/s", rate, rate / r["raw64"], rate / r["raw32"]],
