@@ -9,6 +9,7 @@ from a2vgen.nn import ConditionalVAE
 from a2vgen.nn import calibration as calibration_module
 from a2vgen.nn.calibration import (
     SamplingCalibration,
+    average_bases,
     covariance_gap_basis,
     group_factors,
     pooled_basis,
@@ -68,6 +69,31 @@ def test_bases_of_mostly_zero_factors_like_fedavgs_joined_copies():
             top = (vectors[..., -8:] * values[..., None, -8:].clamp_min(0)) @ vectors[..., -8:].transpose(-1, -2)
             got = (basis.transpose(-1, -2) @ basis).double()
             torch.testing.assert_close(got, top, rtol=1e-4, atol=1e-4 * float(top.abs().max()))
+
+
+def test_averaged_bases_join_each_distinct_basis_that_weighs_in_once():
+    """FedAvg's covariance average, row by row: copies of zero weight and repeated bases (what every copy
+    holds after an average) change nothing, so they are left out or merged; the top directions are those of
+    the weighted sum of covariances all the same."""
+    g = torch.Generator().manual_seed(0)
+    distinct = [torch.randn(3, 4, 20, generator=g) for _ in range(4)]
+    bases = [distinct[0], distinct[1], distinct[0].clone(), distinct[2], distinct[3], distinct[0].clone()]
+    weights = torch.rand(6, 3, generator=g)
+    weights[3, 0] = weights[4, :2] = 0.0  # copies that did not calibrate those rows
+    got = average_bases(bases, weights)
+    joined = torch.cat([b * w.sqrt()[:, None, None] for b, w in zip(bases, weights)], dim=1)
+    for row in range(3):
+        cov = sum(float(w) * b[row].T.double() @ b[row].double() for b, w in zip(bases, weights[:, row]))
+        values, vectors = torch.linalg.eigh(cov)
+        top = (vectors[:, -4:] * values[-4:]) @ vectors[:, -4:].T
+        torch.testing.assert_close((got[row].T @ got[row]).double(), top, rtol=1e-4, atol=1e-4 * float(top.abs().max()))
+    old = top_directions(joined.transpose(-1, -2), 4)  # joining every copy, as before
+    torch.testing.assert_close(got.transpose(-1, -2) @ got, old.transpose(-1, -2) @ old, rtol=1e-4, atol=1e-3)
+    # a row that every copy holds alike is that basis's covariance, from one copy's factors
+    same = average_bases([distinct[1].clone() for _ in range(50)], torch.full((50, 3), 1 / 50))
+    torch.testing.assert_close(
+        same.transpose(-1, -2) @ same, distinct[1].transpose(-1, -2) @ distinct[1], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_low_rank_sums_recover_the_directions_the_decoder_misses():

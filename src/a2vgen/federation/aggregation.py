@@ -41,8 +41,10 @@ def weighted_average(sources: list[tuple[nn.Module, float]], targets: list[nn.Mo
             continue
         if len(sources) == 1:  # the average of one is itself: no float64 round trip (it would be exact too)
             averaged[name] = states[0][name].detach()
-        else:
-            averaged[name] = sum(s[name].detach().double() * (n / total) for s, (_, n) in zip(states, sources))
+        else:  # accumulated in float64, in place: no float64 copy of every source
+            averaged[name] = torch.zeros_like(states[0][name], dtype=torch.float64)
+            for state, (_, n) in zip(states, sources):
+                averaged[name].add_(state[name].detach(), alpha=n / total)
     for module in targets:
         for name, t in module.state_dict(keep_vars=True).items():
             if name in averaged and not _same(averaged[name], t):  # a lone source's own tensors stay as they are

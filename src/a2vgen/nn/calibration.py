@@ -83,6 +83,42 @@ def top_directions(factors: torch.Tensor, rank: int) -> torch.Tensor:
     return top
 
 
+def average_bases(bases: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Row by row, the top ``r`` directions ``[R, r, F]`` of ``Σₖ weights[k, row] · basesₖ[row]ᵀ basesₖ[row]``
+    (``bases``: ``K`` tensors ``[R, r, F]``; ``weights``: ``[K, R]``).
+
+    Only the copies that weigh in a row join its factors, and copies holding the same basis in a row join
+    once, with their weights summed: the covariance is the same, and after an average every copy holds the
+    same state, so a row that no copy calibrated since comes from one basis, not ``K``. (Joining all ``K``
+    copies' factors made the average of 100 copies of a 50-class generator take 5.4 s, mostly in
+    eigendecompositions of ``[800, 800]`` Gram matrices.)
+    """
+    rows, rank, features = bases[0].shape
+    ramp = torch.linspace(1.0, 2.0, features, dtype=bases[0].dtype, device=bases[0].device)
+    signatures = torch.stack([(b @ ramp).sum(-1) for b in bases]).tolist()  # [K][R]: equal bases, equal sums
+    by_copy = weights.tolist()
+    members: list[list[list]] = []  # per row: [copy, summed weight] of each distinct basis that weighs in
+    for row in range(rows):
+        found: list[list] = []
+        alike: dict[float, list[int]] = {}  # signature -> positions in found (equal signatures are compared)
+        for k, w in enumerate(by_copy):
+            if w[row] <= 0:
+                continue
+            candidates = alike.get(signatures[k][row], [])
+            i = next((i for i in candidates if torch.equal(bases[found[i][0]][row], bases[k][row])), None)
+            if i is None:
+                alike.setdefault(signatures[k][row], []).append(len(found))
+                found.append([k, w[row]])
+            else:
+                found[i][1] += w[row]
+        members.append(found)
+    joined = bases[0].new_zeros(rows, max(map(len, members)) * rank, features)
+    for row, found in enumerate(members):
+        for i, (k, w) in enumerate(found):
+            joined[row, i * rank : (i + 1) * rank] = bases[k][row] * w**0.5
+    return top_directions(joined.transpose(-1, -2), rank)
+
+
 def pooled_basis(basis: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """The top ``r`` directions ``[..., r, F]`` of ``basisᵀ basis + factors factorsᵀ`` (``basis``: ``[..., r, F]``,
     ``factors``: ``[..., F, k]``): a low-rank sum of covariances."""
@@ -309,11 +345,9 @@ class SamplingCalibration(nn.Module):
         for name in ("mass", "data_mean", "data_var"):
             stacked = torch.stack([getattr(c, name) for c in copies])
             state[name] = (weights.view(*weights.shape, *[1] * (stacked.dim() - 2)) * stacked).sum(0)
-        rank = self.data_basis.shape[1]
-        if rank:
-            joined = torch.cat([c.data_basis * w.sqrt()[:, None, None] for c, w in zip(copies, weights)], dim=1)
+        if self.data_basis.shape[1]:
             with one_thread():
-                state["data_basis"] = top_directions(joined.transpose(-1, -2), rank)
+                state["data_basis"] = average_bases([c.data_basis for c in copies], weights)
         else:
             state["data_basis"] = self.data_basis.clone()
         return state
