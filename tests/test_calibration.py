@@ -90,6 +90,7 @@ def test_averaged_bases_join_each_distinct_basis_that_weighs_in_once():
     old = top_directions(joined.transpose(-1, -2), 4)  # joining every copy, as before
     torch.testing.assert_close(got.transpose(-1, -2) @ got, old.transpose(-1, -2) @ old, rtol=1e-4, atol=1e-3)
     # a row that every copy holds alike is that basis's covariance, from one copy's factors
+    assert average_bases([torch.zeros(0, 4, 20)] * 2, torch.ones(2, 0)).shape == (0, 4, 20)  # no rows yet
     same = average_bases([distinct[1].clone() for _ in range(50)], torch.full((50, 3), 1 / 50))
     torch.testing.assert_close(
         same.transpose(-1, -2) @ same, distinct[1].transpose(-1, -2) @ distinct[1], rtol=1e-4, atol=1e-4

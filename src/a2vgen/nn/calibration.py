@@ -112,7 +112,7 @@ def average_bases(bases: list[torch.Tensor], weights: torch.Tensor) -> torch.Ten
             else:
                 found[i][1] += w[row]
         members.append(found)
-    joined = bases[0].new_zeros(rows, max(map(len, members)) * rank, features)
+    joined = bases[0].new_zeros(rows, max(map(len, members), default=1) * rank, features)
     for row, found in enumerate(members):
         for i, (k, w) in enumerate(found):
             joined[row, i * rank : (i + 1) * rank] = bases[k][row] * w**0.5
