@@ -79,12 +79,7 @@ class RoundCheckpoint(ModelCheckpoint):
     def on_round_end(self, trainer, module, round: int) -> None:
         if trainer.fast_dev_run or not federation_of(trainer).config.due(round, self.every_n_rounds):
             return
-        wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
-        if wait is not None:  # the last round file may still be renamed into place in the background
-            try:
-                wait()
-            except CheckpointCommitError as err:
-                raise write_error(err.path, err) from err
+        trainer.wait_for_checkpoint()  # the last round file may still be renamed into place in the background
         if self.keep_last:  # make room first: the current last.ckpt holds newer weights than these files
             older = sorted(Path(self.dirpath).glob(f"round-*{self.FILE_EXTENSION}"))
             for old in older[: max(len(older) - self.keep_last + 1, 0)]:

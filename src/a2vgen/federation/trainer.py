@@ -196,7 +196,7 @@ class FederatedTrainerBase(Trainer):
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only)
         except Exception:
             try:
-                self._wait_for_checkpoint()
+                self.wait_for_checkpoint()
             except UserError as err:  # the fit's own error is the one raised
                 log.error("%s", err)
             if folder is not None and not existed and _holds_only_config(folder):
@@ -205,9 +205,9 @@ class FederatedTrainerBase(Trainer):
                     with contextlib.suppress(OSError):
                         parent.rmdir()
             raise
-        self._wait_for_checkpoint()
+        self.wait_for_checkpoint()
 
-    def _wait_for_checkpoint(self) -> None:
+    def wait_for_checkpoint(self) -> None:
         """Wait for the last checkpoint's background sync and rename; its failure is a ``UserError``."""
         wait = getattr(self.strategy.checkpoint_io, "wait", None)
         if wait is None:
