@@ -121,3 +121,23 @@ def test_a_subset_of_a_stack_runs_with_its_own_networks():
             if not name.endswith(SHIFT_INVARIANT):
                 torch.testing.assert_close(grads[name][k], p.grad, rtol=1e-4, atol=1e-4, msg=name)
     assert not bool(grads["decoder.body.5.weight"][1].any())  # the absent network gets no gradient
+
+
+def test_a_stacked_forward_stacks_the_buffers_it_reads_and_restacks_only_those_that_changed():
+    """The standardizations are read; the calibration and the latent fit, which training changes every step,
+    are not, and a changed standardization is read anew."""
+    nets = networks([[6, 8]])
+    x, cond, kwargs = inputs([[6, 8]], indexed=True, noised=True)
+    stack = StackedNetworks(nets)
+    stack(list(range(K)), (x, cond), kwargs)
+    assert set(stack._buffers) == {"audio_norm.mean", "audio_norm.std", "cond_encoder.standardize.0.mean",
+                                   "cond_encoder.standardize.0.std"}  # fmt: skip
+    first = stack._buffers["audio_norm.mean"][1]
+    nets[1].latent_mean.add_(1.0)
+    stack(list(range(K)), (x, cond), kwargs)
+    assert stack._buffers["audio_norm.mean"][1] is first  # unchanged: not stacked again
+    nets[1].audio_norm.mean.add_(1.0)
+    out = stack(list(range(K)), (x, cond), kwargs)
+    stack.release()
+    ref = nets[1](x[1], [c[1] for c in cond], **{name: value[1] for name, value in kwargs.items()})
+    torch.testing.assert_close(out.target[1], ref.target)

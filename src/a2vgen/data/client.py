@@ -27,9 +27,9 @@ class BatchDataset(Dataset):
         idx = self.index[rows]
         labels = self.labels[idx]
         classes, cond_index = labels.unique(return_inverse=True)
-        return Batch(
-            audio=self.audio[idx],
-            cond=[c[classes] for c in self.cond],
+        return Batch(  # index_select: a third of the time of indexing with a tensor, for these copies
+            audio=self.audio.index_select(0, idx),
+            cond=[c.index_select(0, classes) for c in self.cond],
             cond_index=cond_index,
             class_idx=labels,
             index=idx,

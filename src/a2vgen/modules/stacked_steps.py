@@ -90,21 +90,30 @@ class StackedSteps:
             entry = self._stacks.get(slot.net)
             if entry is not None:
                 sets[(id(entry[0]), a.shape[0], c[0].shape[0] if c else 0, ci is None)].append(i)
-        stacked_outputs: list[tuple[list[int], tuple]] = []
+        stacked_sets = [members for members in sets.values() if len(members) > 1]
+        for members in stacked_sets:  # the stack's order: no reindexing
+            members.sort(key=lambda i: self._stacks[inputs[i][0].net][1])
+        audios = [torch.stack([inputs[i][1] for i in members]) for members in stacked_sets]
         noise: dict[int, dict[str, torch.Tensor]] = {}
-        for i, (slot, a, _, _) in enumerate(inputs):  # random inputs drawn in batch order, as apart
-            noise[i] = self.draw_noise(slot.net, a)
-        for members in sets.values():
-            if len(members) < 2:
-                continue
+        drawn = None  # the whole batch is one stack's: its random inputs drawn straight into stacked tensors
+        if len(stacked_sets) == 1 and len(stacked_sets[0]) == len(inputs):
+            members = stacked_sets[0]
+            order = sorted(range(len(members)), key=members.__getitem__)  # batch order, as apart
+            drawn = self.draw_stacked_noise([inputs[i][0].net for i in members], audios[0], order)
+        if drawn is None:
+            for i, (slot, a, _, _) in enumerate(inputs):  # random inputs drawn in batch order, as apart
+                noise[i] = self.draw_noise(slot.net, a)
+        stacked_outputs: list[tuple[list[int], tuple]] = []
+        for members, audio in zip(stacked_sets, audios):
             stack = self._stacks[inputs[members[0]][0].net][0]
-            members.sort(key=lambda i: self._stacks[inputs[i][0].net][1])  # the stack's order: no reindexing
             positions = [self._stacks[inputs[i][0].net][1] for i in members]
             stacked = [torch.stack(t) for t in zip(*(inputs[i][2] for i in members))]
-            kwargs = {name: torch.stack([noise[i][name] for i in members]) for name in noise[members[0]]}
+            if drawn is not None:
+                kwargs = dict(drawn)
+            else:
+                kwargs = {name: torch.stack([noise[i][name] for i in members]) for name in noise[members[0]]}
             if inputs[members[0]][3] is not None:
                 kwargs["cond_index"] = torch.stack([inputs[i][3] for i in members])
-            audio = torch.stack([inputs[i][1] for i in members])
             stacked_outputs.append((members, stack(positions, (audio, stacked), kwargs)))
         ran_stacked = {i for members, _ in stacked_outputs for i in members}
         self._ran_apart = [slot.net for i, (slot, _, _, _) in enumerate(inputs) if i not in ran_stacked]

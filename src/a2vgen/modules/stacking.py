@@ -12,7 +12,7 @@ generators absent from a step get no gradient at all (AdamW skips them, as when 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -95,6 +95,24 @@ class WeightFirstLinears(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class StackedBuffers(Mapping[str, torch.Tensor]):
+    """The buffers of a stack's networks at ``positions``, each stacked ``[len(positions), ...]`` when first read:
+    a ``stacked_forward`` reads a few of them (the default VAE's, its standardizations), and stacking the others,
+    some of which change every step, would cost a copy per step for nothing."""
+
+    def __init__(self, stack: StackedNetworks, positions: list[int]) -> None:
+        self.stack, self.positions = stack, positions
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.stack.stacked_buffer(name, self.positions)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stack.buffer_owners)
+
+    def __len__(self) -> int:
+        return len(self.stack.buffer_owners)
+
+
 class StackedNetworks:
     """``nets`` (at least two, of one :func:`structure`) with their parameters stacked into ``[K, ...]`` tensors.
 
@@ -118,6 +136,11 @@ class StackedNetworks:
                     p.data = stacked.detach()[k]
                 self.params[name] = stacked
         self._homes = {name: [p.data_ptr() for p in params] for name, params in self.members.items()}
+        # where each network's buffers live (a buffer may be replaced, e.g. by ``set_statistics``: read when used)
+        self.buffer_owners = {
+            name: [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
+            for name, _ in self.nets[0].named_buffers()
+        }
         self._buffers: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
         self.used: set[int] = set()
         self.grads: dict[str, torch.Tensor] = {}  # the last stacked gradients handed out, until clipped
@@ -132,19 +155,19 @@ class StackedNetworks:
             p.data_ptr() == home for name, params in self.members.items() for p, home in zip(params, self._homes[name])
         )
 
-    def buffers(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        """The current buffers of ``positions``, stacked (restacked only where a buffer changed)."""
-        out = {}
-        per_net = [dict(self.nets[k].named_buffers()) for k in positions]
-        for name in per_net[0]:
-            tensors = [b[name] for b in per_net]
-            stamp = tuple(positions) + tuple(t._version for t in tensors) + tuple(t.data_ptr() for t in tensors)
-            cached = self._buffers.get(name)
-            if cached is None or cached[0] != stamp:
-                cached = (stamp, torch.stack([t.detach() for t in tensors]))
-                self._buffers[name] = cached
-            out[name] = cached[1]
-        return out
+    def buffers(self, positions: list[int]) -> StackedBuffers:
+        """The current buffers of ``positions``, each stacked when read (:class:`StackedBuffers`)."""
+        return StackedBuffers(self, positions)
+
+    def stacked_buffer(self, name: str, positions: list[int]) -> torch.Tensor:
+        """Buffer ``name`` of the networks at ``positions``, stacked (restacked only where one changed)."""
+        tensors = [owner._buffers[local] for owner, local in (self.buffer_owners[name][k] for k in positions)]
+        stamp = tuple(positions) + tuple(t._version for t in tensors) + tuple(t.data_ptr() for t in tensors)
+        cached = self._buffers.get(name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, torch.stack([t.detach() for t in tensors]))
+            self._buffers[name] = cached
+        return cached[1]
 
     def __call__(self, positions: list[int], args: tuple, kwargs: dict) -> Any:
         """``nets[k](*args[j], **kwargs[j])`` for ``k = positions[j]``, as one call (the network's
@@ -164,10 +187,10 @@ class StackedNetworks:
         if "stacked_forward" in type(self.template).__dict__:  # its own, not a parent's with another forward
             out = self.template.stacked_forward(params, buffers, *args, **kwargs)
         elif torch.is_autocast_enabled(device.type):  # the built-in linear casts
-            out = vmap(forward)(params, buffers, args, kwargs)
+            out = vmap(forward)(params, dict(buffers), args, kwargs)
         else:
             with WeightFirstLinears():
-                out = vmap(forward)(params, buffers, args, kwargs)
+                out = vmap(forward)(params, dict(buffers), args, kwargs)
         self.used.update(positions)
         return out
 

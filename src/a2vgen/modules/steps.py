@@ -86,7 +86,7 @@ class GeneratorSteps:
             cond, cond_index = subset_cond(batch, mask)
             if mask is not None and cond_index is not None:  # keep only this key's conditioning rows
                 rows, cond_index = cond_index.unique(return_inverse=True)
-                cond = [c[rows] for c in cond]
+                cond = [c.index_select(0, rows) for c in cond]
             inputs.append((self.bank.slots[s], audio if mask is None else audio[mask], cond, cond_index))
         losses = self.stacked_losses(inputs) if self._stacks and self.training else [None] * len(inputs)
         total = audio.new_zeros(())

@@ -273,7 +273,7 @@ class SamplingCalibration(nn.Module):
         # an order in which equal batches compare equal: by a sum over a few features (one feature can be
         # constant, e.g. where the data are standardized; ties between different samples only cost a repeat)
         order = data.flatten(1)[:, :: max(data[0].numel() // 32, 1)].sum(1).argsort()
-        rows, data = rows[order], data[order]
+        rows, data = rows[order], data.index_select(0, order)  # a fifth of the time of data[order] here
         if self._held is not None and torch.equal(self._held[0], rows) and torch.equal(self._held[1], data):
             self._held = (rows, data, self._held[2] + 1)
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -238,7 +239,7 @@ class ConditionalVAE(nn.Module):
     def stacked_forward(
         self,
         params: dict[str, torch.Tensor],
-        buffers: dict[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
         x: torch.Tensor,
         cond: list[torch.Tensor] | None = None,
         encoder_input: torch.Tensor | None = None,

@@ -10,10 +10,12 @@ against 96-110 ms with vmap). Activations carry the leading ``K`` axis: ``[K, N,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
-Params = dict[str, torch.Tensor]
+Params = Mapping[str, torch.Tensor]
 
 
 class StackedLinear(torch.autograd.Function):
