@@ -199,7 +199,9 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         noise["eps"] = torch.randn(audio.shape[0], net.latent_dim, device=audio.device)
         return noise
 
-    def draw_stacked_noise(self, nets: list[nn.Module], audio: torch.Tensor, order: list[int]) -> dict | None:
+    def draw_stacked_noise(
+        self, nets: list[nn.Module], audio: torch.Tensor, order: list[int]
+    ) -> dict[str, torch.Tensor] | None:
         """:meth:`draw_noise` of ``K`` stacked networks at once (``audio``: theirs, ``[K, B, ...]``), drawn into
         the stacked tensors in ``order`` (network ``order[0]``'s first, ...): the numbers of drawing apart in that
         order, without a tensor per network to stack. ``None`` where :meth:`draw_noise` is a subclass's."""
@@ -208,7 +210,7 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
         hp = self.hparams
         noisy = self.training and hp.input_noise > 0
         encoder_input = torch.empty_like(audio) if noisy else None
-        eps = audio.new_empty(*audio.shape[:2], nets[0].latent_dim)
+        eps = torch.empty(*audio.shape[:2], nets[0].latent_dim, device=audio.device)  # torch.randn's dtype, as apart
         for k in order:
             if encoder_input is not None:
                 encoder_input[k].normal_()
