@@ -191,7 +191,8 @@ class BaseGeneratorModule(KeyedGenerators, StackedSteps, GeneratorSteps, Lightni
     def draw_noise(self, net: nn.Module, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """The random inputs of one forward of ``net`` on ``audio``, as keyword arguments: drawn outside the
         network so that a stacked step, which runs the forward under ``vmap``, draws the same numbers as
-        training apart. Here: the encoder's noised input (training only) and the VAE's ``eps``."""
+        training apart. Here: the encoder's noised input (training only) and the VAE's ``eps``; a stack's are
+        drawn by :meth:`draw_stacked_noise`, which must draw the same numbers (change the two together)."""
         hp = self.hparams
         noise = {}
         if self.training and hp.input_noise > 0:

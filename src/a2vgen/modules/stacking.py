@@ -137,10 +137,10 @@ class StackedNetworks:
                 self.params[name] = stacked
         self._homes = {name: [p.data_ptr() for p in params] for name, params in self.members.items()}
         # where each network's buffers live (a buffer may be replaced, e.g. by ``set_statistics``: read when used)
-        self.buffer_owners = {
-            name: [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
-            for name, _ in self.nets[0].named_buffers()
-        }
+        self.buffer_owners: dict[str, list[tuple[nn.Module, str]]] = {}
+        for name, _ in self.nets[0].named_buffers():
+            owner, _, local = name.rpartition(".")
+            self.buffer_owners[name] = [(net.get_submodule(owner), local) for net in self.nets]
         self._buffers: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
         self.used: set[int] = set()
         self.grads: dict[str, torch.Tensor] = {}  # the last stacked gradients handed out, until clipped
