@@ -6,6 +6,7 @@ import torch
 
 from a2vgen.modules import stacking as stacking_module
 from a2vgen.modules.stacking import StackedNetworks
+from a2vgen.nn import stacked
 from a2vgen.nn.cvae import ConditionalVAE
 from test_stacking import SHIFT_INVARIANT
 
@@ -141,3 +142,68 @@ def test_a_stacked_forward_stacks_the_buffers_it_reads_and_restacks_only_those_t
     stack.release()
     ref = nets[1](x[1], [c[1] for c in cond], **{name: value[1] for name, value in kwargs.items()})
     torch.testing.assert_close(out.target[1], ref.target)
+
+
+@pytest.mark.parametrize("samples", [1, 7])
+def test_weight_gradient_bounds_cover_the_norms_and_hold_for_the_gradient_they_were_recorded_for(samples):
+    """A stacked linear layer's recorded bound is at least its weight gradient's norm, per network (equal for
+    one sample); a weight used twice, or a gradient changed in place, has no bound."""
+    torch.manual_seed(0)
+    x, target = torch.randn(K, samples, 9), torch.randn(K, samples, 4)
+    weight = torch.randn(K, 4, 9, requires_grad=True)
+    bounds = stacked.WeightGradientBounds(min_numel=36)
+    with bounds.recording():
+        out = stacked.matmul(x, weight)
+    (grad,) = torch.autograd.grad((out * target).sum(), [weight])
+    norms = torch.linalg.vector_norm(grad.flatten(1), dim=1)
+    bound = bounds.bound(grad)
+    assert bound is not None and bool((bound >= norms * (1 - 1e-6)).all())
+    if samples == 1:
+        torch.testing.assert_close(bound, norms)
+    else:
+        assert bool((bound > 1.1 * norms).all())  # the bound of many samples is loose: a real bound, not the norm
+    grad.mul_(2.0)
+    assert bounds.bound(grad) is None  # changed since it was recorded
+
+    bounds.min_numel = 37
+    with bounds.recording():
+        out = stacked.matmul(x, weight)
+    (grad,) = torch.autograd.grad((out * target).sum(), [weight])
+    assert bounds.bound(grad) is None  # too small to bound
+    bounds.min_numel = 36
+
+    with bounds.recording():
+        out = stacked.matmul(x, weight) + stacked.matmul(2 * x, weight)
+    (grad,) = torch.autograd.grad((out * target).sum(), [weight])
+    assert bounds.bound(grad) is None  # the sum of two gradients: neither one's bound is its bound
+
+
+def test_stacked_clipping_bounds_each_networks_norm_and_clips_only_networks_over_the_limit():
+    """The default VAE's stacked step records bounds for its large weight gradients; each network's bounded
+    norm is at least its exact norm. With a limit above the bounds, or between the norms and the bounds,
+    clipping changes nothing; with one below the norms, every network is clipped to it."""
+    nets = networks([[6, 8]])
+    x, cond, kwargs = inputs([[6, 8]], indexed=True, noised=True)
+    for limit in ("above the bounds", "between", "below the norms"):
+        stack = StackedNetworks(nets)
+        stack.grad_bounds.min_numel = 2048  # of these small networks' weights, the 32 x 64 and 64 x 32 ones
+        out = stack(list(range(K)), (x, cond), kwargs)
+        stack.distribute_grads(dict(zip(stack.params, torch.autograd.grad(squares(out), list(stack.params.values())))))
+        exact = torch.stack([torch.nn.utils.get_total_norm([p.grad for p in net.parameters()]) for net in nets])
+        bounds = stack.norm_bounds()
+        bounded = [name for name, g in stack.grads.items() if stack.grad_bounds.bound(g) is not None]
+        assert sorted(bounded) == ["decoder.body.5.weight", "encoder.input.weight"]
+        assert bounds is not None and bool((bounds >= exact * (1 - 1e-5)).all()) and bool((bounds > exact).any())
+        before = [p.grad.clone() for net in nets for p in net.parameters()]
+        max_norm = {"above the bounds": float(bounds.max()) * 1.01, "between": float(exact.max()) * 1.01}.get(
+            limit, float(exact.min()) / 2
+        )
+        assert (limit == "above the bounds") == (max_norm > float(bounds.max()))
+        stack.clip_grads(max_norm)
+        if limit == "below the norms":
+            for net in nets:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()])
+                torch.testing.assert_close(norm, torch.tensor(max_norm), rtol=1e-4, atol=0)
+        else:
+            assert all(torch.equal(p.grad, b) for p, b in zip((p for net in nets for p in net.parameters()), before))
+        stack.release()

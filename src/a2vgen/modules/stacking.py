@@ -21,6 +21,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from a2vgen.nn.stacked import WeightGradientBounds
+
 
 def structure(net: nn.Module) -> tuple:
     """What must match for networks to stack: type, and every parameter's and buffer's name, shape and dtype."""
@@ -145,6 +147,7 @@ class StackedNetworks:
         self.used: set[int] = set()
         self.grads: dict[str, torch.Tensor] = {}  # the last stacked gradients handed out, until clipped
         self.clip_positions: list[int] = []
+        self.grad_bounds = WeightGradientBounds()  # of this step's weight gradients (the default VAE's forward)
 
     def __len__(self) -> int:
         return len(self.nets)
@@ -184,8 +187,11 @@ class StackedNetworks:
             return functional_call(self.template, (p, b), a, kw)
 
         buffers = self.buffers(positions)
+        if not self.used:  # a new step
+            self.grad_bounds.clear()
         if "stacked_forward" in type(self.template).__dict__:  # its own, not a parent's with another forward
-            out = self.template.stacked_forward(params, buffers, *args, **kwargs)
+            with self.grad_bounds.recording():
+                out = self.template.stacked_forward(params, buffers, *args, **kwargs)
         elif torch.is_autocast_enabled(device.type):  # the built-in linear casts
             out = vmap(forward)(params, dict(buffers), args, kwargs)
         else:
@@ -219,13 +225,20 @@ class StackedNetworks:
     @torch.no_grad()
     def clip_grads(self, max_norm: float) -> None:
         """Clip the gradient norm of each network of the last :meth:`distribute_grads` on its own, as
-        ``torch.nn.utils.clip_grad_norm_`` would per network, in one pass over the stacked gradients."""
+        ``torch.nn.utils.clip_grad_norm_`` would per network, in one pass over the stacked gradients, or none
+        where :meth:`norm_bounds` shows every network within ``max_norm``."""
         grads = list(self.grads.values())
         if not grads or not self.clip_positions:
             return
+        index = torch.tensor(self.clip_positions, device=grads[0].device)
+        bounds = self.norm_bounds()
+        # within the limit by a margin for rounding (a bound as tight as the norm, of one sample, may round
+        # below it): clipping would leave every gradient as it is, and the pass over them is saved
+        if bounds is not None and bool((bounds[index] * (1 + 1e-3) + 1e-6 < max_norm).all()):
+            self.grads, self.clip_positions = {}, []
+            return
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
         total = torch.linalg.vector_norm(norms, dim=0)
-        index = torch.tensor(self.clip_positions, device=total.device)
         coef = torch.ones_like(total)
         coef[index] = (max_norm / (total[index] + 1e-6)).clamp(max=1.0)
         if bool((coef < 1).any()):
@@ -233,12 +246,26 @@ class StackedNetworks:
                 g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
         self.grads, self.clip_positions = {}, []
 
+    def norm_bounds(self) -> torch.Tensor | None:
+        """Upper bounds ``[K]`` of each network's gradient norm: from the weight gradients' bounds where the
+        backward pass recorded them (:class:`~a2vgen.nn.stacked.WeightGradientBounds`), from the other
+        gradients themselves; ``None`` where no bound was recorded."""
+        bounds = [self.grad_bounds.bound(g) for g in self.grads.values()]
+        if all(b is None for b in bounds):
+            return None
+        squares = [
+            (torch.linalg.vector_norm(g.flatten(1), dim=1) if b is None else b).square()
+            for g, b in zip(self.grads.values(), bounds)
+        ]
+        return torch.stack(squares).sum(0).sqrt()
+
     def release(self) -> None:
         """Give every parameter its own storage again (and drop the gradients that still point into the stack);
         a second call does nothing."""
         if not self.params:
             return
         self._buffers, self.grads = {}, {}
+        self.grad_bounds.clear()
         with torch.no_grad():
             for name, params in self.members.items():  # one stacked tensor at a time: a small transient
                 for p, home in zip(params, self._homes[name]):
