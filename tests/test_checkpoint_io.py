@@ -59,6 +59,28 @@ def test_federated_trainer_writes_with_local_io_unless_given_another(tmp_path):
     assert custom.strategy.checkpoint_io is mine
 
 
+
+def test_a_wait_on_one_thread_covers_a_save_in_progress_on_another(tmp_path, monkeypatch):
+    """Nested in Lightning's ``AsyncCheckpointIO`` the saves run on its worker thread: a wait (before a read
+    or removal) that comes while one is being written returns once that file is in place."""
+    started = threading.Event()
+    save = checkpoint_io_module.save_without_crc
+
+    def slow(checkpoint, f):
+        started.set()
+        threading.Event().wait(0.3)
+        save(checkpoint, f)
+
+    monkeypatch.setattr(checkpoint_io_module, "save_without_crc", slow)
+    path = tmp_path / "last.ckpt"
+    io = LocalCheckpointIO()
+    outer = AsyncCheckpointIO(io)
+    outer.save_checkpoint({"round": 1}, path)
+    assert started.wait(timeout=10)
+    io.wait()
+    assert TorchCheckpointIO().load_checkpoint(path) == {"round": 1}
+    outer.teardown()
+
 @pytest.fixture
 def held_commit(monkeypatch):
     """Holds every background commit (sync and rename) until the returned event is set."""

@@ -49,60 +49,67 @@ class LocalCheckpointIO(TorchCheckpointIO):
     until then. Remote paths (``s3://`` and the like) go through Lightning's own writer. Optimizer state
     paged out by :class:`~a2vgen.federation.paging.OptimizerPager` is read from its files as it is written
     and its pages are dropped again right after, so a checkpoint never holds all of it in memory at once.
+    Saves and waits from several threads (e.g. under Lightning's ``AsyncCheckpointIO``) take turns: a wait
+    returns once a save in progress on another thread is in place too.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._commit: tuple[Path, threading.Thread, list[BaseException]] | None = None
+        self._lock = threading.RLock()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        self.wait()
-        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        tmp = temporary_path(path)
-        maps = page_mappings() if "optimizer_states" in checkpoint else []
-        errors: list[BaseException] = []
+        with self._lock:  # one save at a time, and no wait in between (see the class)
+            self.wait()
+            if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            path = Path(path)
+            tmp = temporary_path(path)
+            maps = page_mappings() if "optimizer_states" in checkpoint else []
+            errors: list[BaseException] = []
 
-        def run() -> None:
+            def run() -> None:
+                try:
+                    commit(tmp, path)
+                except BaseException as err:  # raised by wait()
+                    errors.append(err)
+
             try:
-                commit(tmp, path)
-            except BaseException as err:  # raised by wait()
-                errors.append(err)
-
-        try:
-            if maps:
-                with open(tmp, "wb") as f:
-                    save_without_crc(checkpoint, _ReleasingWriter(f, maps))
-            else:
-                save_without_crc(checkpoint, tmp)
-            thread = threading.Thread(target=run, name=f"commit {path.name}")
-            thread.start()
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._commit = (path, thread, errors)
+                if maps:
+                    with open(tmp, "wb") as f:
+                        save_without_crc(checkpoint, _ReleasingWriter(f, maps))
+                else:
+                    save_without_crc(checkpoint, tmp)
+                thread = threading.Thread(target=run, name=f"commit {path.name}")
+                thread.start()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._commit = (path, thread, errors)
 
     def wait(self) -> None:
         """Return once the last save is in place (synced and renamed); if that failed, raise
         :class:`CheckpointCommitError` naming its file."""
-        if self._commit is None:
-            return
-        path, thread, errors = self._commit
-        thread.join()
-        self._commit = None
+        with self._lock:
+            if self._commit is None:
+                return
+            path, thread, errors = self._commit
+            thread.join()
+            self._commit = None
         if errors:
             raise CheckpointCommitError(path, errors[0]) from errors[0]
 
     def remove_checkpoint(self, path: str | Path) -> None:
-        self.wait()
-        super().remove_checkpoint(path)
+        with self._lock:
+            self.wait()
+            super().remove_checkpoint(path)
 
     def teardown(self) -> None:
         """The end of ``fit``: the last save is finished; an error of it is kept for :meth:`wait`, which
         :meth:`~a2vgen.federation.trainer.FederatedTrainerBase.fit` calls once Lightning's teardown is done."""
-        if self._commit is not None:
-            self._commit[1].join()
+        with self._lock:
+            if self._commit is not None:
+                self._commit[1].join()
         super().teardown()
 
     def load_checkpoint(
