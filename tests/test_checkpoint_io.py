@@ -59,7 +59,6 @@ def test_federated_trainer_writes_with_local_io_unless_given_another(tmp_path):
     assert custom.strategy.checkpoint_io is mine
 
 
-
 def test_a_wait_on_one_thread_covers_a_save_in_progress_on_another(tmp_path, monkeypatch):
     """Nested in Lightning's ``AsyncCheckpointIO`` the saves run on its worker thread: a wait (before a read
     or removal) that comes while one is being written returns once that file is in place."""
@@ -80,6 +79,7 @@ def test_a_wait_on_one_thread_covers_a_save_in_progress_on_another(tmp_path, mon
     io.wait()
     assert TorchCheckpointIO().load_checkpoint(path) == {"round": 1}
     outer.teardown()
+
 
 @pytest.fixture
 def held_commit(monkeypatch):

@@ -24,9 +24,9 @@ Params = Mapping[str, torch.Tensor]
 class WeightGradientBounds:
     """Upper bounds of the per-network norms of the weight gradients :class:`StackedLinear` computes while
     :meth:`recording`: for a weight used once, ``‖Σᵢ gᵢ xᵢᵀ‖ ≤ Σᵢ ‖gᵢ‖ ‖xᵢ‖`` over the samples ``i``, from the
-    activations at hand in the backward pass instead of a pass over the gradient (a weight gradient holds
-    ``in x out`` numbers per network, its samples' rows ``in + out``). Gradient clipping needs no norm while
-    the bounds show every network within the limit.
+    activations at hand in the backward pass instead of a pass over the gradient (per network, a weight
+    gradient holds ``in x out`` numbers, the rows it is made of ``N x (in + out)``). Gradient clipping needs
+    no norm while the bounds show every network within the limit.
 
     Only weights of at least ``min_numel`` numbers per network get one: smaller gradients are cheap to read,
     and the bound is loose by up to the square root of the batch size, so their own norms keep a network's
@@ -43,6 +43,7 @@ class WeightGradientBounds:
 
     @classmethod
     def active(cls) -> WeightGradientBounds | None:
+        """The bounds :meth:`recording` in this thread, if any."""
         return getattr(cls._local, "bounds", None)
 
     @contextmanager
